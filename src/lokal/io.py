@@ -1,0 +1,29 @@
+"""Atomic file writes: a killed run never leaves a half-written file behind."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+
+def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp)` on a temporary sibling, then rename it onto `target`."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def write_text(target: Path, text: str) -> Path:
+    return write_atomically(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json(target: Path, data: object) -> Path:
+    return write_text(target, json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,88 @@
+"""Hugging Face text models (BERT-style encoders, GPT/LLaMA/Gemma decoders) as classifiers."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lokal import LokalError
+from lokal.shipped import CACHE_DIR
+
+
+class TextClassifier(nn.Module):
+    """`AutoModelForSequenceClassification` over any hub name, local folder or `.gguf` file."""
+
+    modality = "text"
+
+    def __init__(
+        self,
+        name: str,
+        num_classes: int,
+        max_length: int = 128,
+        lora_targets: list[str] | None = None,
+        dtype: str = "float32",
+    ) -> None:
+        super().__init__()
+        from transformers import AutoModelForSequenceClassification
+
+        source = gguf_to_hf(Path(name)) if name.endswith(".gguf") else name
+        self.name, self.max_length, self.lora_targets = name, max_length, list(lora_targets or [])
+        self.tokenizer = load_tokenizer(source)
+        self.net = AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=num_classes, dtype=getattr(torch, dtype)
+        )
+        # Decoders classify from the last non-pad token, so they must know the pad id.
+        self.net.config.pad_token_id = self.tokenizer.pad_token_id
+
+    @property
+    def head_names(self) -> list[str]:
+        base = self.net.base_model_prefix
+        return [n for n, m in self.net.named_children() if n != base and any(True for _ in m.parameters())]
+
+    def blocks(self) -> list[str]:
+        """Transformer layers: the ModuleList holding most parameters (encoder.layer, layers, h)."""
+        lists = [(n, m) for n, m in self.net.named_modules() if isinstance(m, nn.ModuleList) and len(m)]
+        name, layers = max(lists, key=lambda nm: sum(p.numel() for p in nm[1].parameters()))
+        return [f"{name}.{i}" for i in range(len(layers))]
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def load_tokenizer(source: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:  # GPT/LLaMA tokenizers ship without one
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def gguf_to_hf(gguf: Path) -> str:
+    """Dequantise a GGUF file once into a cached HF folder; transformers' GGUF loading is slow."""
+    if not gguf.is_file():
+        raise LokalError(f"GGUF file not found: {gguf}")
+    stat = gguf.stat()
+    key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = CACHE_DIR / "gguf" / f"{gguf.stem}-{key}"
+    if not (target / "config.json").exists():
+        _convert_gguf(gguf, target)
+    return str(target)
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    import os
+    import shutil
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(tmp)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)

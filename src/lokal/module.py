@@ -1,0 +1,84 @@
+"""The one LightningModule: a model (backbone + head, method already applied), a loss,
+torchmetrics, and the optimizer/scheduler factories from the config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch import nn
+
+
+def classification_metrics(num_classes: int, prefix: str):
+    from torchmetrics import MetricCollection
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
+
+    return MetricCollection(
+        {
+            "accuracy": MulticlassAccuracy(num_classes, average="micro"),
+            "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+            "auroc": MulticlassAUROC(num_classes, average="macro"),  # one-vs-rest; equals binary AUROC for 2 classes
+        },
+        prefix=prefix,
+    )
+
+
+class LokalModule(L.LightningModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+    ) -> None:
+        super().__init__()
+        from torchmetrics.classification import MulticlassConfusionMatrix
+
+        self.model, self.optimizer_factory, self.scheduler_factory = model, optimizer, scheduler
+        self.loss = nn.CrossEntropyLoss()
+        self.val_metrics = classification_metrics(num_classes, "val/")
+        self.test_metrics = classification_metrics(num_classes, "test/")
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        # Checkpoints hold only what trains (plus buffers); the frozen base comes from the model.
+        self.strict_loading = False
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(batch)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.loss(self(batch), batch["label"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["label"]))
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self(batch)
+        self.log("val/loss", self.loss(logits, batch["label"]), prog_bar=True, batch_size=len(logits))
+        self.val_metrics.update(logits.softmax(-1), batch["label"])
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute(), prog_bar=True)
+        self.val_metrics.reset()
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        probs = self(batch).softmax(-1)
+        self.test_metrics.update(probs, batch["label"])
+        self.test_confusion.update(probs, batch["label"])
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute())
+        self.test_metrics.reset()
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def state_dict(self, *args, **kwargs):
+        """Drop frozen parameters: a LoRA checkpoint of Gemma is MBs, not a GB."""
+        state = super().state_dict(*args, **kwargs)
+        frozen = {f"{kwargs.get('prefix', '')}{n}" for n, p in self.named_parameters() if not p.requires_grad}
+        return type(state)((k, v) for k, v in state.items() if k not in frozen)

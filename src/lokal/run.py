@@ -1,0 +1,120 @@
+"""The one place that reads the Hydra config: build data, model, method and trainer,
+train, test the best checkpoint, and write the run directory."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from lokal import LokalError
+from lokal.io import write_json, write_text
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fine-tune as configured; returns the metrics also written to `metrics.json`."""
+    import lightning as L
+    import torch
+    from hydra.utils import instantiate
+
+    from lokal.module import LokalModule
+    from lokal.report import print_summary, save_confusion_matrix
+    from lokal.system import peak_memory_mb, tune_malloc
+    from lokal.weights import save_weights
+
+    run_dir = Path(cfg.paths.run_dir)
+    tune_malloc()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule, model = build(cfg)
+    module = LokalModule(
+        model,
+        num_classes=len(datamodule.class_names),
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+    )
+    trainer = instantiate(
+        cfg.trainer,
+        logger=[instantiate(c) for c in cfg.logger.values()],
+        callbacks=[instantiate(c) for c in cfg.callbacks.values()],
+    )
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(run_dir))
+    train_time = time.perf_counter() - start
+    best = "best" if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
+    val = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+    test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+
+    metrics = {k: v for k, v in {**val, **test}.items() if not k.endswith("/loss")}
+    metrics |= parameter_counts(module.model) | peak_memory_mb()
+    metrics |= {"train_time_s": round(train_time, 2), "epochs": trainer.current_epoch,
+                "steps": trainer.global_step, "majority_class_accuracy": majority_accuracy(datamodule)}
+    metrics |= {f"data/{k}": v for k, v in datamodule.stats.items()}
+    if trainer.is_global_zero:
+        save_weights(module.model, run_dir)
+        save_confusion_matrix(module.test_confusion.compute(), datamodule.class_names,
+                              run_dir / "confusion_matrix.png")
+        write_json(run_dir / "metrics.json", metrics)
+        print_summary(metrics, run_dir)
+    return metrics
+
+
+def build(cfg: DictConfig, apply_method: bool = True):
+    """Data, then the model sized to its classes, then the method applied once."""
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model, num_classes=len(datamodule.class_names))
+    if model.modality != datamodule.modality:
+        raise LokalError(
+            f"model {cfg.model.name} reads {model.modality} but data gives {datamodule.modality}: "
+            f"pick a {datamodule.modality} model (e.g. model=minilm for text, model=efficientnet_lite0 for images)"
+        )
+    datamodule.use_model(model)
+    return datamodule, instantiate(cfg.method).apply(model) if apply_method else model
+
+
+def load_run(run_dir: str | Path):
+    """Rebuild a finished run (its data splits and its trained model) from its directory.
+
+    The base model comes fresh from its source; only what the run trained is read from
+    `adapter/` or `weights.safetensors`. Returns (datamodule, model) with the model in eval mode.
+    """
+    from lokal.weights import ADAPTER_DIR, load_weights
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise LokalError(f"{run_dir} is not a lokal run directory (no config.yaml)")
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    is_adapter = (run_dir / ADAPTER_DIR).is_dir()
+    datamodule, model = build(cfg, apply_method=not is_adapter)
+    return datamodule, load_weights(model, run_dir).eval()
+
+
+def resume_checkpoint(run_dir: Path) -> str | None:
+    """A run started again in the same directory continues from its last checkpoint."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.exists():
+        log.info("resuming from %s", last)
+        return str(last)
+    return None
+
+
+def parameter_counts(model) -> dict[str, int | float]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable_params": trainable, "total_params": total,
+            "trainable_percent": round(100 * trainable / total, 4)}
+
+
+def majority_accuracy(datamodule) -> float:
+    """Test accuracy of always predicting the most common training class: the bar to beat."""
+    import numpy as np
+
+    train, test = (np.array([y for y in datamodule.labels(split)]) for split in ("train", "test"))
+    return float((test == np.bincount(train).argmax()).mean())

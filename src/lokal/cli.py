@@ -22,10 +22,20 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
     try:
         metrics = train(cfg)
-    except LokalError as err:  # the user's input: a clear message, not a traceback
-        print(f"\nlokal: {err}", file=sys.stderr)
+    except Exception as err:
+        user_error = _lokal_error(err)
+        if user_error is None:
+            raise
+        print(f"\nlokal: {user_error}", file=sys.stderr)  # the user's input: a clear message, no traceback
         raise SystemExit(2) from None
     return metrics.get(cfg.get("optimized_metric", "val/accuracy"))
+
+
+def _lokal_error(err: BaseException | None) -> LokalError | None:
+    """Hydra's instantiate wraps errors raised in constructors; find ours in the chain."""
+    while err is not None and not isinstance(err, LokalError):
+        err = err.__cause__
+    return err
 
 
 def main() -> None:

@@ -20,6 +20,8 @@ def print_summary(metrics: dict, run_dir: Path) -> None:
         table.add_row(key, f"{metrics[key]:.4f}")
     if "majority_class_accuracy" in metrics:
         table.add_row("majority-class accuracy (test)", f"{metrics['majority_class_accuracy']:.4f}")
+    if "baseline/tfidf_logreg_accuracy" in metrics:
+        table.add_row("TF-IDF + logistic regression (test)", f"{metrics['baseline/tfidf_logreg_accuracy']:.4f}")
     pct = 100 * metrics["trainable_params"] / metrics["total_params"]
     table.add_row("trainable params", f"{metrics['trainable_params']:,} ({pct:.2f}%)")
     table.add_row("total params", f"{metrics['total_params']:,}")

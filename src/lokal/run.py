@@ -55,6 +55,8 @@ def train(cfg: DictConfig) -> dict:
     metrics |= {"train_time_s": round(train_time, 2), "epochs": trainer.current_epoch,
                 "steps": trainer.global_step, "majority_class_accuracy": majority_accuracy(datamodule)}
     metrics |= {f"data/{k}": v for k, v in datamodule.stats.items()}
+    if datamodule.modality == "text":
+        metrics |= text_baseline(datamodule)
     if trainer.is_global_zero:
         save_weights(module.model, run_dir)
         save_confusion_matrix(module.test_confusion.compute(), datamodule.class_names,
@@ -110,6 +112,13 @@ def parameter_counts(model) -> dict[str, int | float]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"trainable_params": trainable, "total_params": total,
             "trainable_percent": round(100 * trainable / total, 4)}
+
+
+def text_baseline(datamodule) -> dict[str, float]:
+    from lokal.baseline import tfidf_logreg
+
+    splits = ("train", "test")
+    return tfidf_logreg({s: datamodule.texts(s) for s in splits}, {s: datamodule.labels(s) for s in splits})
 
 
 def majority_accuracy(datamodule) -> float:

@@ -11,9 +11,9 @@ from lokal import LokalError
 
 
 def stratified_split(
-    labels: Sequence[int], val_fraction: float, test_fraction: float, seed: int, where: str
+    labels: Sequence, val_fraction: float, test_fraction: float, seed: int, where: str
 ) -> dict[str, np.ndarray]:
-    """Indices for train/val/test with the class mix of `labels` kept in every split."""
+    """Indices for train/val/test with the class mix of `labels` (class names) kept in every split."""
     from sklearn.model_selection import train_test_split
 
     for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):

@@ -62,7 +62,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         pool = labelled.pop("train", None) or labelled.pop("all")
         val_fraction = 0.0 if "val" in labelled else self.val_fraction
         test_fraction = 0.0 if "test" in labelled else self.test_fraction
-        index = stratified_split([y for _, y in pool], val_fraction, test_fraction, self.seed, str(self.root))
+        names = [self.class_names[y] for _, y in pool]
+        index = stratified_split(names, val_fraction, test_fraction, self.seed, str(self.root))
         carved = {name: [pool[i] for i in rows] for name, rows in index.items()}
         return carved | labelled
 

@@ -56,6 +56,9 @@ class TextDataModule(L.LightningDataModule):
     def labels(self, split: str) -> list[int]:
         return self.splits[split]["_y"].tolist()
 
+    def texts(self, split: str) -> list[str]:
+        return self.splits[split][self.text_column].astype(str).tolist()
+
     # -- loading -------------------------------------------------------------
     def _load(self) -> pd.DataFrame:
         frame = read_table(self.path, self.table)
@@ -86,8 +89,9 @@ class TextDataModule(L.LightningDataModule):
         return kept
 
     def _split(self) -> dict[str, pd.DataFrame]:
-        labels = self.frame[self.label_column].astype(str).map(self.classes.index).to_numpy()
-        index = stratified_split(labels, self.val_fraction, self.test_fraction, self.seed, str(self.path))
+        names = self.frame[self.label_column].astype(str)
+        labels = names.map(self.classes.index).to_numpy()
+        index = stratified_split(names.tolist(), self.val_fraction, self.test_fraction, self.seed, str(self.path))
         frames = {name: self.frame.iloc[rows].assign(_y=labels[rows]) for name, rows in index.items()}
         self.stats |= {f"{name}_rows": len(f) for name, f in frames.items()}
         return frames

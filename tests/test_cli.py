@@ -1,0 +1,74 @@
+"""The command line as a user meets it: fast help, valid choices listed, clear errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+ENV = os.environ | {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+
+
+def run(*args: str, code: str | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-c", code, *args] if code else [sys.executable, "train.py", *args]
+    return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_every_group_without_importing_torch():
+    # torch + lightning take ~7 s to import: --help must not pay for them.
+    code = ("import sys; sys.argv = ['train.py', '--help']; import runpy\n"
+            "try: runpy.run_path('train.py', run_name='__main__')\n"
+            "except SystemExit: pass\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'lightning', 'transformers', 'timm') if m in sys.modules))")
+    result = run(code=code)
+    assert result.returncode == 0, result.stderr
+    for group in ("method: bitfit, full, lora, partial", "data: image_folder, indo_sentiment, medical_xray, text_csv",
+                  "model: efficientnet_lite0, gemma3_270m, hf_text, minilm, timm"):
+        assert group in result.stdout
+    assert "HEAVY []" in result.stdout
+
+
+def test_unknown_method_lists_the_valid_choices():
+    result = run("method=lorra")
+    assert result.returncode != 0
+    assert "Could not find 'method/lorra'" in result.stderr
+    assert all(m in result.stderr for m in ("bitfit", "full", "lora", "partial"))
+
+
+def test_xray_without_root_shows_the_expected_layout():
+    result = run("method=bitfit", "data=medical_xray")
+    assert result.returncode == 2
+    assert "data.root is not set" in result.stderr and "DIR/train/CLASS/" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_wrong_layout_is_explained(tmp_path):
+    (tmp_path / "just_images").mkdir()
+    (tmp_path / "just_images" / "a.jpeg").write_bytes(b"")
+    result = run("data=medical_xray", f"data.root={tmp_path / 'just_images'}")
+    assert result.returncode == 2 and "expected one of these layouts" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_text_model_on_image_data_is_refused_before_training(tmp_path):
+    from tests.conftest import make_image_folder
+
+    root = make_image_folder(tmp_path / "x", per_class=4)
+    result = run("data=medical_xray", "model=minilm", f"data.root={root}")
+    assert result.returncode == 2 and "reads text but data gives image" in result.stderr
+
+
+@pytest.mark.integration
+def test_train_py_runs_end_to_end(tmp_path):
+    from tests.conftest import make_image_folder
+
+    root = make_image_folder(tmp_path / "x", per_class=6)
+    result = run("method=bitfit", "data=medical_xray", f"data.root={root}", "model.image_size=64",
+                 "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "trainable params" in result.stdout and (tmp_path / "run" / "metrics.json").is_file()
+    assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()

@@ -43,8 +43,13 @@ def xray_dir(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_text_models(tmp_path_factory) -> dict[str, Path]:
     """A 2-layer BERT and a 2-layer LLaMA with random weights, using MiniLM's real tokenizer."""
-    from transformers import (AutoTokenizer, BertConfig, BertForSequenceClassification, LlamaConfig,
-                              LlamaForSequenceClassification)
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        BertForSequenceClassification,
+        LlamaConfig,
+        LlamaForSequenceClassification,
+    )
 
     from lokal.shipped import minilm
 

@@ -72,3 +72,15 @@ def test_train_py_runs_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "trainable params" in result.stdout and (tmp_path / "run" / "metrics.json").is_file()
     assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
+
+
+@pytest.mark.integration
+def test_a_multirun_writes_one_folder_per_run(tmp_path):
+    from tests.conftest import make_image_folder
+
+    root = make_image_folder(tmp_path / "x", per_class=6)
+    result = run("-m", "method=bitfit,lora", "data=medical_xray", f"data.root={root}", "model.image_size=64",
+                 "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if (p / "metrics.json").is_file())
+    assert runs == ["0_medical_xray_efficientnet_lite0_bitfit", "1_medical_xray_efficientnet_lite0_lora"]

@@ -57,6 +57,7 @@ def test_image_data_picks_a_cnn_unless_told_otherwise(tmp_path):
 def test_shipped_models_resolve_to_local_files(tmp_path):
     cfg = compose(["model=efficientnet_lite0"], tmp_path)
     assert Path(cfg.model.checkpoint).is_file()
+    assert compose(["model=efficientnet_lite0", "model.name=resnet50"], tmp_path).model.checkpoint is None
     assert (Path(compose([], tmp_path).model.name) / "model.safetensors").is_file()
 
 

@@ -81,7 +81,8 @@ def test_bad_text_input_says_what_to_fix(tmp_path, kwargs, message):
 
 def test_a_class_too_small_to_split_is_named(tmp_path):
     path = tmp_path / "t.csv"
-    pd.DataFrame({"text": [f"t{i}" for i in range(21)], "label": ["a"] * 10 + ["b"] * 10 + ["rare"]}).to_csv(path, index=False)
+    labels = ["a"] * 10 + ["b"] * 10 + ["rare"]
+    pd.DataFrame({"text": [f"t{i}" for i in range(21)], "label": labels}).to_csv(path, index=False)
     with pytest.raises(LokalError, match=r"\{'rare': 1\}.*too few"):
         TextDataModule(str(path))
 

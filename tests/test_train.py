@@ -73,11 +73,12 @@ def test_bitfit_on_an_xray_folder_keeps_frozen_weights_bit_identical(run_dir, xr
 
     from hydra.utils import instantiate
 
-    base = instantiate(cfg.model, num_classes=2).net.state_dict()
-    trained = model.net.state_dict()
-    for name, tensor in base.items():
-        if name.endswith(".weight") and not name.startswith("classifier") and "bn" not in name:
-            assert torch.equal(trained[name], tensor), f"{name} changed under BitFit"
+    base = dict(instantiate(cfg.model, num_classes=2).net.named_parameters())
+    trained = dict(model.net.named_parameters())
+    frozen = [n for n in base if not n.endswith(".bias") and not n.startswith("classifier.")]
+    assert len(frozen) == 98  # every conv kernel and BatchNorm scale of EfficientNet-Lite0
+    for name in frozen:  # conv kernels and BatchNorm scales alike
+        assert torch.equal(trained[name], base[name]), f"{name} changed under BitFit"
     assert not torch.equal(trained["bn2.bias"], base["bn2.bias"])
 
 
@@ -90,3 +91,14 @@ def test_flat_class_folders_are_split_stratified_by_seed(run_dir, tmp_path):
     saved = check_run_dir(run_dir, train(cfg))
     assert (saved["data/train_rows"], saved["data/val_rows"], saved["data/test_rows"]) == (19, 4, 7)
     assert (run_dir / "adapter" / "buffers.safetensors").is_file()  # BatchNorm stats travel with the adapter
+
+
+def test_a_run_started_again_in_its_folder_resumes_from_the_last_checkpoint(run_dir):
+    overrides = FAST + ["data.batch_size=16", "model.max_length=32"]
+    first = train(compose(overrides + ["trainer.max_epochs=1"], run_dir))
+    assert first["steps"] == 3
+    resumed = train(compose(overrides + ["trainer.max_epochs=2"], run_dir))
+    assert (resumed["epochs"], resumed["steps"]) == (2, 6)  # continued, not restarted
+    with open(run_dir / "metrics.csv") as f:
+        steps = {int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")}
+    assert steps == set(range(6))  # the history of both parts is kept

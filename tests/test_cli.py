@@ -68,10 +68,12 @@ def test_train_py_runs_end_to_end(tmp_path):
 
     root = make_image_folder(tmp_path / "x", per_class=6)
     result = run("method=bitfit", "data=medical_xray", f"data.root={root}", "model.image_size=64",
-                 "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'run'}")
+                 "trainer.max_epochs=1", "logger=wandb", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "trainable params" in result.stdout and (tmp_path / "run" / "metrics.json").is_file()
     assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
+    assert (tmp_path / "run" / "metrics.csv").is_file()  # W&B comes on top of the CSV, offline
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
 
 
 @pytest.mark.integration

@@ -23,6 +23,8 @@ def train(cfg: DictConfig) -> dict:
     from lokal.module import LokalModule
     from lokal.system import tune_malloc
 
+    if logging.getLogger().handlers:  # Hydra already logs to the console and train.log:
+        logging.getLogger("lightning").handlers.clear()  # drop lightning's own copy of each line
     run_dir = Path(cfg.paths.run_dir)
     tune_malloc()
     L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -86,3 +86,9 @@ def test_a_multirun_writes_one_folder_per_run(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if (p / "metrics.json").is_file())
     assert runs == ["0_medical_xray_efficientnet_lite0_bitfit", "1_medical_xray_efficientnet_lite0_lora"]
+
+
+def test_a_hub_model_offline_gets_a_clear_message():
+    result = run("model.name=indobenchmark/indobert-base-p1", "trainer.max_epochs=1")
+    assert result.returncode == 2 and "model.name=indobenchmark/indobert-base-p1 could not be loaded" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -76,3 +76,12 @@ def test_shipped_efficientnet_is_really_imagenet_pretrained():
     image = transform(Image.fromarray(load_sample_image("flower.jpg")))
     with torch.no_grad():
         assert model(image[None]).argmax().item() == 985
+
+
+def test_weights_of_another_architecture_are_refused_clearly():
+    from lokal import LokalError
+    from lokal.models.vision import ImageClassifier
+    from lokal.shipped import efficientnet_lite0
+
+    with pytest.raises(LokalError, match="resnet18: pretrained weights could not be loaded.*model.checkpoint"):
+        ImageClassifier("resnet18", num_classes=2, checkpoint=str(efficientnet_lite0()))

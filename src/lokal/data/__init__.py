@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+import lightning as L
 import numpy as np
+from torch.utils.data import DataLoader
 
 from lokal import LokalError
 
@@ -50,3 +52,19 @@ def _check_class_sizes(labels: np.ndarray, val_fraction: float, test_fraction: f
             f"{where}: class(es) {small} have too few examples to split into train/val/test; "
             f"add examples (at least {need + 1} per class) or remove that class"
         )
+
+
+class SplitDataModule(L.LightningDataModule):
+    """Shared loader hooks: a subclass says how to load one split with `_loader(split, train)`."""
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lokal import LokalError
-from lokal.data import stratified_split
+from lokal.data import SplitDataModule, stratified_split
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 LAYOUT_HELP = """expected one of these layouts:
@@ -18,7 +17,7 @@ LAYOUT_HELP = """expected one of these layouts:
 e.g. the chest X-ray set: DIR/train/NORMAL/x.jpeg, DIR/train/PNEUMONIA/y.jpeg, DIR/test/..."""
 
 
-class ImageFolderDataModule(L.LightningDataModule):
+class ImageFolderDataModule(SplitDataModule):
     """Images in class folders; greyscale and RGB both load (converted to RGB for the model)."""
 
     modality = "image"
@@ -81,19 +80,10 @@ class ImageFolderDataModule(L.LightningDataModule):
             name: ImageDataset(items, self._transform(train=name == "train")) for name, items in self.splits.items()
         }
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=train,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
 
 class ImageDataset(Dataset):

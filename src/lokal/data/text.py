@@ -5,19 +5,18 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import lightning as L
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
 from lokal import LokalError
-from lokal.data import stratified_split
+from lokal.data import SplitDataModule, stratified_split
 
 log = logging.getLogger(__name__)
 READERS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet", ".db": "sqlite", ".sqlite": "sqlite"}
 
 
-class TextDataModule(L.LightningDataModule):
+class TextDataModule(SplitDataModule):
     """Reads the table once, drops duplicate texts, splits stratified by seed, tokenises once."""
 
     modality = "text"
@@ -131,15 +130,6 @@ class TextDataModule(L.LightningDataModule):
             sampler = sorted(range(len(rows)), key=lengths.__getitem__)
         return DataLoader(rows, batch_size=self.batch_size, sampler=sampler,
                           num_workers=self.num_workers, collate_fn=self._collate)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
 
 
 def read_table(path: str | None, table: str | None = None) -> pd.DataFrame:

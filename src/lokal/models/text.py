@@ -31,8 +31,8 @@ class TextClassifier(nn.Module):
 
         source = gguf_to_hf(Path(name)) if name.endswith(".gguf") else name
         self.name, self.max_length, self.lora_targets = name, max_length, list(lora_targets or [])
-        self.tokenizer = load_tokenizer(source)
-        with quiet_transformers():  # its load report flags the new head as "MISSING": expected here
+        with quiet_transformers(), explain_load_errors(name):  # the new head is reported "MISSING": expected
+            self.tokenizer = load_tokenizer(source)
             self.net, info = AutoModelForSequenceClassification.from_pretrained(
                 source, num_labels=num_classes, dtype=getattr(torch, dtype), output_loading_info=True
             )
@@ -67,6 +67,19 @@ def quiet_transformers():
         yield
     finally:
         logging.set_verbosity(level)
+
+
+@contextmanager
+def explain_load_errors(name: str):
+    """A hub name that cannot be fetched (offline, typo, gated) becomes one clear message."""
+    try:
+        yield
+    except OSError as err:
+        raise LokalError(
+            f"model.name={name} could not be loaded ({str(err).splitlines()[0]}). Give a local folder or "
+            "a .gguf file, or a hub name with the network on (HF_HUB_OFFLINE unset; `hf auth login` for "
+            "gated models)"
+        ) from err
 
 
 def load_tokenizer(source: str):

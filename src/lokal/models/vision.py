@@ -39,9 +39,15 @@ class ImageClassifier(nn.Module):
                 raise LokalError(f"model.checkpoint={checkpoint} does not exist: give a .pth/.safetensors file")
             overlay = {"file": str(checkpoint)}  # timm loads it like a hub file, minus the old head
         self.name, self.lora_targets = name, list(lora_targets or [])
-        self.net = timm.create_model(
-            name, pretrained=bool(checkpoint) or pretrained, num_classes=num_classes, pretrained_cfg_overlay=overlay
-        )
+        try:
+            self.net = timm.create_model(
+                name, pretrained=bool(checkpoint) or pretrained, num_classes=num_classes, pretrained_cfg_overlay=overlay
+            )
+        except (OSError, RuntimeError) as err:  # hub offline, or weights of another architecture
+            raise LokalError(
+                f"timm model {name}: pretrained weights could not be loaded ({str(err).splitlines()[0]}). "
+                "Give model.checkpoint=FILE for this architecture, or run with the network on"
+            ) from err
         self.data_config = timm.data.resolve_data_config({}, model=self.net)
         if image_size:
             self.data_config["input_size"] = (3, image_size, image_size)

@@ -87,7 +87,8 @@ def test_flat_class_folders_are_split_stratified_by_seed(run_dir, tmp_path):
 
     root = make_image_folder(tmp_path / "flat", classes=("cat", "dog", "fox"), per_class=10, splits=None)
     cfg = compose(FAST + ["method=lora", "data=image_folder", f"data.root={root}", "model.image_size=64",
-                          "trainer.max_epochs=1"], run_dir)
+                          "trainer.max_epochs=1", "loss=focal", "loss.class_weights_mode=balanced",
+                          "data.balance=true"], run_dir)
     saved = check_run_dir(run_dir, train(cfg))
     assert (saved["data/train_rows"], saved["data/val_rows"], saved["data/test_rows"]) == (19, 4, 7)
     assert (run_dir / "adapter" / "buffers.safetensors").is_file()  # BatchNorm stats travel with the adapter

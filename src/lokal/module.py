@@ -31,6 +31,7 @@ class LokalModule(L.LightningModule):
         num_classes: int,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        loss: nn.Module | None = None,
     ) -> None:
         super().__init__()
         from torchmetrics.classification import MulticlassConfusionMatrix
@@ -39,7 +40,7 @@ class LokalModule(L.LightningModule):
         # them: without this, dropout would silently stay off during training.
         self.model = model.train()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.loss = nn.CrossEntropyLoss()
+        self.loss = loss or nn.CrossEntropyLoss()
         self.val_metrics = classification_metrics(num_classes, "val/")
         self.test_metrics = classification_metrics(num_classes, "test/")
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
@@ -56,7 +57,8 @@ class LokalModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self(batch)
-        self.log("val/loss", self.loss(logits, batch["label"]), prog_bar=True, batch_size=len(logits))
+        # plain cross-entropy, whatever the training loss: val/loss stays comparable across runs
+        self.log("val/loss", nn.functional.cross_entropy(logits, batch["label"]), prog_bar=True, batch_size=len(logits))
         self.val_metrics.update(logits.softmax(-1), batch["label"])
 
     def on_validation_epoch_end(self) -> None:

@@ -34,6 +34,7 @@ def train(cfg: DictConfig) -> dict:
         num_classes=len(datamodule.class_names),
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        loss=instantiate(cfg.loss)(class_counts=class_counts(datamodule)),
     )
     trainer = instantiate(
         cfg.trainer,
@@ -124,6 +125,13 @@ def parameter_counts(model) -> dict[str, int | float]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"trainable_params": trainable, "total_params": total,
             "trainable_percent": round(100 * trainable / total, 4)}
+
+
+def class_counts(datamodule) -> list[int]:
+    """Training examples per class, for class-weighted losses."""
+    import numpy as np
+
+    return np.bincount(datamodule.labels("train"), minlength=len(datamodule.class_names)).tolist()
 
 
 def text_baseline(datamodule) -> dict[str, float]:

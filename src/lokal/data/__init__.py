@@ -54,6 +54,18 @@ def _check_class_sizes(labels: np.ndarray, val_fraction: float, test_fraction: f
         )
 
 
+def balanced_sampler(labels: Sequence[int], seed: int):
+    """Draw training examples with probability 1 / (size of their class): every class
+    appears about equally often per epoch (with replacement), whatever the imbalance."""
+    import torch
+    from torch.utils.data import WeightedRandomSampler
+
+    labels = torch.as_tensor(labels)
+    weights = 1.0 / torch.bincount(labels).float()[labels]
+    return WeightedRandomSampler(weights, num_samples=len(labels), replacement=True,
+                                 generator=torch.Generator().manual_seed(seed))
+
+
 class SplitDataModule(L.LightningDataModule):
     """Shared loader hooks: a subclass says how to load one split with `_loader(split, train)`."""
 

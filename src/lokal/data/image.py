@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lokal import LokalError
-from lokal.data import SplitDataModule, stratified_split
+from lokal.data import SplitDataModule, balanced_sampler, stratified_split
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 LAYOUT_HELP = """expected one of these layouts:
@@ -26,6 +26,7 @@ class ImageFolderDataModule(SplitDataModule):
         self,
         root: str | None,
         augment: dict | None = None,
+        balance: bool = False,
         val_fraction: float = 0.15,
         test_fraction: float = 0.2,
         seed: int = 42,
@@ -35,7 +36,7 @@ class ImageFolderDataModule(SplitDataModule):
     ) -> None:
         super().__init__()
         self.root = _check_root(root)
-        self.augment = dict(augment or {})
+        self.augment, self.balance = dict(augment or {}), balance
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.data_config: dict | None = None
@@ -81,7 +82,9 @@ class ImageFolderDataModule(SplitDataModule):
         }
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=train,
+        sampler = balanced_sampler(self.labels(split), self.seed) if train and self.balance else None
+        return DataLoader(self.datasets[split], batch_size=self.batch_size, sampler=sampler,
+                          shuffle=train and sampler is None,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)
 

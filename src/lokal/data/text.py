@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lokal import LokalError
-from lokal.data import SplitDataModule, stratified_split
+from lokal.data import SplitDataModule, balanced_sampler, stratified_split
 
 log = logging.getLogger(__name__)
 READERS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet", ".db": "sqlite", ".sqlite": "sqlite"}
@@ -29,6 +29,7 @@ class TextDataModule(SplitDataModule):
         table: str | None = None,
         label_names: dict | None = None,
         dedup: bool = True,
+        balance: bool = False,
         val_fraction: float = 0.15,
         test_fraction: float = 0.2,
         seed: int = 42,
@@ -39,7 +40,7 @@ class TextDataModule(SplitDataModule):
         self.path, self.table = path, table
         self.text_column, self.label_column = text_column, label_column
         self.label_names = {str(k): v for k, v in (label_names or {}).items()}
-        self.dedup, self.seed = dedup, seed
+        self.dedup, self.balance, self.seed = dedup, balance, seed
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.batch_size, self.num_workers = batch_size, num_workers
         self.tokenizer, self.max_length = None, 128
@@ -118,12 +119,15 @@ class TextDataModule(SplitDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         """Batches of similar length: padding a 40-token batch to its one 128-token text
         tripled the step time on the shipped corpus. Training order stays random across
-        groups (HF's LengthGroupedSampler); evaluation goes shortest first."""
+        groups (HF's LengthGroupedSampler); evaluation goes shortest first. With `balance`,
+        training draws classes equally often instead (lengths then mix)."""
         from transformers.trainer_pt_utils import LengthGroupedSampler
 
         rows = self.datasets[split]
         lengths = [len(r["input_ids"]) for r in rows]
-        if train:
+        if train and self.balance:
+            sampler = balanced_sampler(self.labels(split), self.seed)
+        elif train:
             generator = torch.Generator().manual_seed(self.seed)
             sampler = LengthGroupedSampler(self.batch_size, lengths=lengths, generator=generator)
         else:

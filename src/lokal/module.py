@@ -40,7 +40,7 @@ class LokalModule(L.LightningModule):
         # them: without this, dropout would silently stay off during training.
         self.model = model.train()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.loss = loss or nn.CrossEntropyLoss()
+        self.loss = nn.CrossEntropyLoss() if loss is None else loss
         self.val_metrics = classification_metrics(num_classes, "val/")
         self.test_metrics = classification_metrics(num_classes, "test/")
         self.test_confusion = MulticlassConfusionMatrix(num_classes)

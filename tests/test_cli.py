@@ -13,9 +13,9 @@ from tests.conftest import ROOT
 ENV = os.environ | {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
 
 
-def run(*args: str, code: str | None = None) -> subprocess.CompletedProcess:
+def run(*args: str, code: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     command = [sys.executable, "-c", code, *args] if code else [sys.executable, "train.py", *args]
-    return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
 def test_help_lists_every_group_without_importing_torch():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -14,6 +15,8 @@ ENV = os.environ | {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
 
 
 def run(*args: str, code: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    if not code and "-m" not in args and not any(a.startswith("hydra.run.dir=") for a in args):
+        args = (*args, f"hydra.run.dir={tempfile.mkdtemp(prefix='lokal-test-')}")  # keep the repo's outputs/ clean
     command = [sys.executable, "-c", code, *args] if code else [sys.executable, "train.py", *args]
     return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
 

@@ -32,6 +32,7 @@ class LokalModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         loss: nn.Module | None = None,
+        method=None,
     ) -> None:
         super().__init__()
         from torchmetrics.classification import MulticlassConfusionMatrix
@@ -41,6 +42,7 @@ class LokalModule(L.LightningModule):
         self.model = model.train()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.loss = nn.CrossEntropyLoss() if loss is None else loss
+        self.method = method  # a lokal.methods.Method: its optional hooks shape training
         self.val_metrics = classification_metrics(num_classes, "val/")
         self.test_metrics = classification_metrics(num_classes, "test/")
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
@@ -50,10 +52,21 @@ class LokalModule(L.LightningModule):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model(batch)
 
+    def on_train_epoch_start(self) -> None:
+        if self.method is not None:
+            self.method.on_train_epoch_start(self.model, self.current_epoch)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.loss(self(batch), batch["label"])
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["label"]))
-        return loss
+        return loss + self.method_penalty()
+
+    def method_penalty(self) -> torch.Tensor | float:
+        penalty = self.method.penalty(self.model) if self.method is not None else None
+        if penalty is None:
+            return 0.0
+        self.log("train/penalty", penalty, batch_size=1)
+        return penalty
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self(batch)
@@ -75,12 +88,18 @@ class LokalModule(L.LightningModule):
         self.test_metrics.reset()
 
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
+        optimizer = self.optimizer_factory(self.param_groups())
+        for group in optimizer.param_groups:  # layer-wise learning rates, relative to the configured one
+            group["lr"] *= group.pop("lr_scale", 1.0)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def param_groups(self) -> list[dict]:
+        if self.method is not None:
+            return self.method.param_groups(self.model)
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
     def state_dict(self, *args, **kwargs):
         """Drop frozen parameters: a LoRA checkpoint of Gemma is MBs, not a GB."""

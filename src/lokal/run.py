@@ -28,13 +28,15 @@ def train(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.paths.run_dir)
     tune_malloc()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule, model = build(cfg)
+    method = instantiate(cfg.method)
+    datamodule, model = build(cfg, method)
     module = LokalModule(
         model,
         num_classes=len(datamodule.class_names),
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         loss=instantiate(cfg.loss)(class_counts=class_counts(datamodule)),
+        method=method,
     )
     trainer = instantiate(
         cfg.trainer,
@@ -79,8 +81,8 @@ def write_outputs(module, datamodule, metrics: dict, run_dir: Path) -> None:
     print_summary(metrics, run_dir)
 
 
-def build(cfg: DictConfig, apply_method: bool = True):
-    """Data, then the model sized to its classes, then the method applied once."""
+def build(cfg: DictConfig, method=None):
+    """Data, then the model sized to its classes, then `method` (if given) applied once."""
     from hydra.utils import instantiate
 
     datamodule = instantiate(cfg.data)
@@ -91,7 +93,7 @@ def build(cfg: DictConfig, apply_method: bool = True):
             f"pick a {datamodule.modality} model (e.g. model=minilm for text, model=efficientnet_lite0 for images)"
         )
     datamodule.use_model(model)
-    return datamodule, instantiate(cfg.method).apply(model) if apply_method else model
+    return datamodule, method.apply(model) if method is not None else model
 
 
 def load_run(run_dir: str | Path):
@@ -100,6 +102,8 @@ def load_run(run_dir: str | Path):
     The base model comes fresh from its source; only what the run trained is read from
     `adapter/` or `weights.safetensors`. Returns (datamodule, model) with the model in eval mode.
     """
+    from hydra.utils import instantiate
+
     from lokal.weights import ADAPTER_DIR, load_weights
 
     run_dir = Path(run_dir)
@@ -107,7 +111,7 @@ def load_run(run_dir: str | Path):
         raise LokalError(f"{run_dir} is not a lokal run directory (no config.yaml)")
     cfg = OmegaConf.load(run_dir / "config.yaml")
     is_adapter = (run_dir / ADAPTER_DIR).is_dir()
-    datamodule, model = build(cfg, apply_method=not is_adapter)
+    datamodule, model = build(cfg, None if is_adapter else instantiate(cfg.method))
     return datamodule, load_weights(model, run_dir).eval()
 
 

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from torch import nn
 
 from lokal import LokalError
-from lokal.methods import freeze_all_but, head_prefixes
+from lokal.methods import Method, freeze_all_but, head_prefixes
 
 
 @dataclass
-class BitFit:
-    lr: float = 1e-3  # the learning rate this method usually wants; conf/optimizer reads it
+class BitFit(Method):
+    lr: float = 1e-3
     def apply(self, model: nn.Module) -> nn.Module:
         # Norm-layer biases (LayerNorm/BatchNorm `.bias`) count too, as in the paper.
         biases = [n for n, _ in model.net.named_parameters() if n.endswith(".bias")]

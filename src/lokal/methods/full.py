@@ -6,10 +6,12 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from lokal.methods import Method
+
 
 @dataclass
-class Full:
-    lr: float = 5e-5  # the learning rate this method usually wants; conf/optimizer reads it
+class Full(Method):
+    lr: float = 5e-5
     def apply(self, model: nn.Module) -> nn.Module:
         for param in model.net.parameters():
             param.requires_grad = True

@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from lokal import LokalError
+from lokal.methods import Method
 
 
 @dataclass
-class LoRA:
-    lr: float = 2e-3  # the learning rate this method usually wants; conf/optimizer reads it
+class LoRA(Method):
+    lr: float = 2e-3
     r: int = 8
     alpha: int = 16
     dropout: float = 0.1

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from torch import nn
 
 from lokal import LokalError
-from lokal.methods import freeze_all_but, head_prefixes
+from lokal.methods import Method, freeze_all_but, head_prefixes
 
 
 @dataclass
-class Partial:
-    lr: float = 1e-4  # the learning rate this method usually wants; conf/optimizer reads it
+class Partial(Method):
+    lr: float = 1e-4
     last_n_blocks: int = 2
 
     def apply(self, model: nn.Module) -> nn.Module:

@@ -31,7 +31,7 @@ class Additive(Method):
     target_modules: list[str] | None = None
     feedforward_modules: list[str] | None = None
     side_dim: int = 64  # side: width of the side network
-    adapter_name: str = "default"  # ia3: the PEFT adapter name (per-domain adapters)
+    adapter_name: str = "default"  # ia3: the PEFT adapter name (adapter.name in conf/train.yaml)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -43,6 +43,10 @@ class Additive(Method):
     def _ia3(self, model: nn.Module) -> nn.Module:
         from peft import IA3Config, get_peft_model
         from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+        from lokal.weights import check_adapter_name
+
+        check_adapter_name(self.adapter_name)
 
         targets, feedforward = self.target_modules, self.feedforward_modules
         model_type = getattr(getattr(model.net, "config", None), "model_type", None)

@@ -1,7 +1,7 @@
 """LoRA (Hu et al. 2021) and DoRA (Liu et al. 2024) through PEFT.
 
 The base stays frozen; only the low-rank adapters and the task head train and get saved,
-so one base model serves many small per-domain adapters.
+so one base model serves many small per-domain adapters (`adapter_name` tells them apart).
 """
 
 from __future__ import annotations
@@ -23,10 +23,14 @@ class LoRA(Method):
     dropout: float = 0.1
     target_modules: list[str] = field(default_factory=list)
     use_dora: bool = False
+    adapter_name: str = "default"
 
     def apply(self, model: nn.Module) -> nn.Module:
         from peft import LoraConfig, get_peft_model
 
+        from lokal.weights import check_adapter_name
+
+        check_adapter_name(self.adapter_name)
         targets = list(self.target_modules or model.lora_targets)
         self._check_targets(model.net, targets, model.name)
         config = LoraConfig(
@@ -37,7 +41,7 @@ class LoRA(Method):
             use_dora=self.use_dora,
             modules_to_save=model.head_names,  # the new head trains in full and is saved with the adapter
         )
-        model.net = get_peft_model(model.net, config)
+        model.net = get_peft_model(model.net, config, adapter_name=self.adapter_name)
         return model
 
     @staticmethod

@@ -17,6 +17,7 @@ class TextClassifier(nn.Module):
     """`AutoModelForSequenceClassification` over any hub name, local folder or `.gguf` file."""
 
     modality = "text"
+    task = "classification"
 
     def __init__(
         self,
@@ -44,8 +45,9 @@ class TextClassifier(nn.Module):
 
     @property
     def head_names(self) -> list[str]:
-        base = self.net.base_model_prefix
-        return [n for n, m in self.net.named_children() if n != base and any(True for _ in m.parameters())]
+        base = self.net.base_model_prefix  # methods' own modules (`lokal_*`) are not the head
+        return [n for n, m in self.net.named_children()
+                if n != base and not n.startswith("lokal_") and any(True for _ in m.parameters())]
 
     def blocks(self) -> list[str]:
         """Transformer layers: the ModuleList holding most parameters (encoder.layer, layers, h)."""

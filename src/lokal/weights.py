@@ -68,8 +68,13 @@ def load_weights(model: nn.Module, run_dir: Path) -> nn.Module:
     if (run_dir / ADAPTER_DIR).is_dir():
         from peft import PeftModel
 
+        from lokal.methods.prompt import patch_peft_for_transformers_cache, ready_for_prompts
+
+        patch_peft_for_transformers_cache()  # before loading: PEFT checks prefix-tuning support on load
         model.net = PeftModel.from_pretrained(model.net, run_dir / ADAPTER_DIR, adapter_name=adapter_name(run_dir))
         load_into(model.net.get_base_model(), load_buffers(run_dir))
+        if model.net.active_peft_config.is_prompt_learning:
+            ready_for_prompts(model)  # left padding on decoders, as in training
         return model
     weights = run_dir / WEIGHTS_FILE
     if not weights.exists():

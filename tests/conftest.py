@@ -71,6 +71,26 @@ def tiny_text_models(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
+@pytest.fixture(scope="session")
+def tiny_causal_lm(tmp_path_factory) -> Path:
+    """A 2-layer LLaMA language model with random weights, using MiniLM's real tokenizer
+    ([SEP] as its end-of-sequence token: decoders need one)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from lokal.shipped import minilm
+
+    path = tmp_path_factory.mktemp("tiny_lm") / "llama_lm"
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm()), eos_token="[SEP]")
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                         intermediate_size=32, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def compose(overrides: list[str], run_dir: Path):
     """The real train.yaml through Hydra, with the run directory set as Hydra would."""
     from hydra import compose as hydra_compose

@@ -4,40 +4,81 @@ and saved weights load back onto a fresh base with identical outputs."""
 
 from __future__ import annotations
 
+import functools
 import re
 
 import pytest
 import torch
 
 from lokal import LokalError
+from lokal.methods.adapter import Adapter
+from lokal.methods.additive import Additive
 from lokal.methods.bitfit import BitFit
 from lokal.methods.full import Full
 from lokal.methods.lora import LoRA
 from lokal.methods.partial import Partial
+from lokal.methods.prompt import Prompt
+from lokal.module import make_optimizer
 from lokal.weights import load_weights, save_weights
 
 METHODS = {
     "full": Full,
+    "full_llrd_l2sp": lambda: Full(layer_decay=0.7, l2sp=0.01),
     "bitfit": BitFit,
+    "bitfit_add_bias": lambda: BitFit(add_bias=True),
     "partial": lambda: Partial(last_n_blocks=1),
+    "partial_gradual": lambda: Partial(last_n_blocks=2, unfreeze_every=1),
     "lora": lambda: LoRA(r=4, alpha=8, dropout=0.0),
+    "dora": lambda: LoRA(r=4, alpha=8, dropout=0.0, use_dora=True),
+    "ia3": lambda: Additive(kind="ia3"),
+    "side": lambda: Additive(kind="side", side_dim=8),
+    "adapter": lambda: Adapter(reduction_factor=4),
+    "adapter_houlsby": lambda: Adapter(placement="houlsby", reduction_factor=4),
+    "prompt": lambda: Prompt(num_tokens=4),
 }
+# Methods through PEFT: their trainable count is checked against PEFT's own.
+PEFT_METHODS = {"lora", "dora", "ia3"}
+PEFT_FOR_TEXT = {"prompt"}  # PEFT on text models; its own prompt parameters on image models
+PEFT_PARAMETER_MARKS = ("lora_", "ia3_", "prompt_encoder", "modules_to_save")  # what PEFT names the weights it trains
+# the loss-falls test's learning rate: every weight moving wants a smaller step; prompts a larger
+# one (on the tiny BERT the prefix lowers the loss by only 0.04-0.08 at 1e-2, 0.1-0.2 at 3e-2)
+LOSS_TEST_LR = {"full": 3e-3, "full_llrd_l2sp": 3e-3, "prompt": 3e-2}
 
-# What must train, per (method, backbone), as regexes over parameter names ("*" = everything).
-# LoRA is checked against PEFT's own count instead.
+HEAD = {"bert": r"classifier\..*", "llama": r"score\..*", "cnn": r"classifier\..*", "vit": r"head\..*"}
+# What must train, per (method, backbone), as regexes over parameter names; "{head}" = HEAD[backbone].
 EXPECTED = {
-    ("full", "bert"): r".*", ("full", "llama"): r".*", ("full", "cnn"): r".*", ("full", "vit"): r".*",
-    ("bitfit", "bert"): r".*\.bias|classifier\..*",
-    ("bitfit", "cnn"): r".*\.bias|classifier\..*",
-    ("bitfit", "vit"): r".*\.bias|head\..*",
-    ("partial", "bert"): r"bert\.encoder\.layer\.1\..*|bert\.pooler\..*|classifier\..*",
-    ("partial", "llama"): r"model\.layers\.1\..*|model\.norm\..*|score\..*",
-    ("partial", "cnn"): r"blocks\.4\..*|conv_head\..*|bn2\..*|classifier\..*",
-    ("partial", "vit"): r"blocks\.5\..*|norm\..*|fc_norm\..*|head\..*",
+    ("full", "*"): r".*", ("full_llrd_l2sp", "*"): r".*",
+    ("bitfit", "*"): r".*\.bias|{head}",
+    ("bitfit_add_bias", "*"): r".*\.bias|{head}",
+    ("partial", "bert"): r"bert\.encoder\.layer\.1\..*|bert\.pooler\..*|{head}",
+    ("partial", "llama"): r"model\.layers\.1\..*|model\.norm\..*|{head}",
+    ("partial", "cnn"): r"blocks\.4\..*|conv_head\..*|bn2\..*|{head}",
+    ("partial", "vit"): r"blocks\.5\..*|norm\..*|fc_norm\..*|{head}",
+    # gradual unfreezing: at epoch 0 only what follows the last block trains
+    ("partial_gradual", "bert"): r"bert\.pooler\..*|{head}",
+    ("partial_gradual", "llama"): r"model\.norm\..*|{head}",
+    ("partial_gradual", "cnn"): r"conv_head\..*|bn2\..*|{head}",
+    ("partial_gradual", "vit"): r"norm\..*|fc_norm\..*|{head}",
+    ("side", "*"): r"lokal_side\..*|{head}",
+    ("adapter", "*"): r"lokal_adapters\..*|{head}", ("adapter_houlsby", "*"): r"lokal_adapters\..*|{head}",
+    ("prompt", "cnn"): r"lokal_prompt\..*|{head}", ("prompt", "vit"): r"lokal_prompt\..*|{head}",
 }
 LORA_TARGETS = {"bert": ["query", "value"], "llama": ["q_proj", "v_proj"],
                 "cnn": ["conv_pw", "conv_pwl", "conv_head"], "vit": ["qkv", "proj"]}
-CASES = [(m, b) for m in METHODS for b in LORA_TARGETS if (m, b) != ("bitfit", "llama")]
+# bitfit needs biases (the tiny LLaMA has none); bitfit_add_bias is for exactly that model
+CASES = [(m, b) for m in METHODS for b in LORA_TARGETS
+         if (m, b) != ("bitfit", "llama") and (m != "bitfit_add_bias" or b == "llama")]
+
+
+def uses_peft(method: str, backbone: str) -> bool:
+    return method in PEFT_METHODS or (method in PEFT_FOR_TEXT and backbone in ("bert", "llama"))
+
+
+def expected_pattern(method: str, backbone: str) -> str:
+    pattern = EXPECTED.get((method, backbone)) or EXPECTED[method, "*"]
+    return pattern.format(head=HEAD[backbone])
+
+
 
 
 def make_model(backbone: str, paths):
@@ -75,30 +116,37 @@ def paths(tiny_text_models):
 
 @pytest.mark.parametrize("method,backbone", CASES)
 def test_trains_exactly_the_expected_parameters(method, backbone, paths):
-    model = METHODS[method]().apply(make_model(backbone, paths))
+    method_ = METHODS[method]()
+    model = method_.apply(make_model(backbone, paths))
+    method_.on_train_epoch_start(model, 0)
     trainable = trainable_names(model)
-    if method == "lora":
+    if uses_peft(method, backbone):
         peft_trainable, _ = model.net.get_nb_trainable_parameters()
         ours = sum(p.numel() for p in model.net.parameters() if p.requires_grad)
         assert ours == peft_trainable
-        assert all("lora_" in n or "modules_to_save" in n for n in trainable)
+        assert all(any(k in n for k in PEFT_PARAMETER_MARKS) for n in trainable)
         return
     names = [n for n, _ in model.net.named_parameters()]
-    expected = {n for n in names if re.fullmatch(EXPECTED[method, backbone], n)}
+    expected = {n for n in names if re.fullmatch(expected_pattern(method, backbone), n)}
     assert trainable == expected
     assert 0 < len(trainable) <= len(names)
 
 
 @pytest.mark.parametrize("method,backbone", CASES)
 def test_loss_falls_and_frozen_weights_stay_bit_identical(method, backbone, paths):
-    model = METHODS[method]().apply(make_model(backbone, paths)).train()
+    """As LokalModule trains: the method's parameter groups and penalty, 4 "epochs" of 10 steps."""
+    method_ = METHODS[method]()
+    model = method_.apply(make_model(backbone, paths)).train()
     frozen = {n: p.detach().clone() for n, p in model.net.named_parameters() if not p.requires_grad}
     batch = make_batch(backbone)
-    lr = 3e-3 if method == "full" else 1e-2  # every weight moving wants a smaller step
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    lr = LOSS_TEST_LR.get(method, 1e-2)
+    optimizer = make_optimizer(functools.partial(torch.optim.AdamW, lr=lr), method_.param_groups(model))
     losses = []
-    for _ in range(40):  # LoRA starts from B = 0 and needs a few steps before the loss moves
+    for step in range(40):  # LoRA starts from B = 0 and needs a few steps before the loss moves
+        if step % 10 == 0:
+            method_.on_train_epoch_start(model, step // 10)
         loss = torch.nn.functional.cross_entropy(model(batch), batch["label"])
+        loss = loss + (method_.penalty(model) or 0.0)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -121,7 +169,7 @@ def test_saved_weights_load_back_with_identical_outputs(method, backbone, paths,
     save_weights(model, tmp_path)
 
     fresh = make_model(backbone, paths)  # a different random head: the saved one must replace it
-    if method != "lora":
+    if not uses_peft(method, backbone):
         fresh = METHODS[method]().apply(fresh)
     loaded = load_weights(fresh, tmp_path)
     with torch.no_grad():

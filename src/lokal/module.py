@@ -1,5 +1,6 @@
-"""The one LightningModule: a model (backbone + head, method already applied), a loss,
-torchmetrics, and the optimizer/scheduler factories from the config."""
+"""The LightningModules: a shared base (the method's hooks, the optimizer/scheduler factories
+from the config) and the classifier's (a loss and torchmetrics). Causal-LM fine-tuning has its
+own in lokal.lm."""
 
 from __future__ import annotations
 
@@ -24,7 +25,74 @@ def classification_metrics(num_classes: int, prefix: str):
     )
 
 
-class LokalModule(L.LightningModule):
+def make_optimizer(factory: Callable[..., torch.optim.Optimizer], groups: list[dict]) -> torch.optim.Optimizer:
+    """The configured optimizer over a method's parameter groups; a group's `lr_scale`
+    (layer-wise decay) multiplies the configured learning rate."""
+    optimizer = factory(groups)
+    for group in optimizer.param_groups:
+        group["lr"] *= group.pop("lr_scale", 1.0)
+    return optimizer
+
+
+class FinetuneModule(L.LightningModule):
+    """What every lokal LightningModule shares, whatever the task: the method's training hooks,
+    the optimizer and scheduler from the config's factories, checkpoints of what trains only.
+    Subclasses add the task's steps and metrics (LokalModule here; lokal.lm.LMModule)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        method=None,
+    ) -> None:
+        super().__init__()
+        # from_pretrained returns modules in eval mode and Lightning keeps modes as it finds
+        # them: without this, dropout would silently stay off during training.
+        self.model = model.train()
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.method = method  # a lokal.methods.Method: its optional hooks shape training
+        # Checkpoints hold only what trains (plus buffers); the frozen base comes from the model.
+        self.strict_loading = False
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        return self.model(batch)
+
+    def on_train_epoch_start(self) -> None:
+        if self.method is not None:
+            self.method.on_train_epoch_start(self.model, self.current_epoch)
+
+    def method_penalty(self) -> torch.Tensor | float:
+        penalty = self.method.penalty(self.model) if self.method is not None else None
+        if penalty is None:
+            return 0.0
+        self.log("train/penalty", penalty, batch_size=1)
+        return penalty
+
+    def configure_optimizers(self):
+        optimizer = make_optimizer(self.optimizer_factory, self.param_groups())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def param_groups(self) -> list[dict]:
+        if self.method is not None:
+            return self.method.param_groups(self.model)
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def state_dict(self, *args, **kwargs):
+        """Drop frozen parameters: a LoRA checkpoint of Gemma is MBs, not a GB. Every name of a
+        tied weight counts (Gemma's `lm_head.weight` is its embedding under a second name)."""
+        state = super().state_dict(*args, **kwargs)
+        frozen = {f"{kwargs.get('prefix', '')}{n}" for n, p in self.named_parameters(remove_duplicate=False)
+                  if not p.requires_grad}
+        return type(state)((k, v) for k, v in state.items() if k not in frozen)
+
+
+class LokalModule(FinetuneModule):
+    """Classification: a model with a task head, a loss, torchmetrics."""
+
     def __init__(
         self,
         model: nn.Module,
@@ -34,39 +102,18 @@ class LokalModule(L.LightningModule):
         loss: nn.Module | None = None,
         method=None,
     ) -> None:
-        super().__init__()
+        super().__init__(model, optimizer, scheduler, method)
         from torchmetrics.classification import MulticlassConfusionMatrix
 
-        # from_pretrained returns modules in eval mode and Lightning keeps modes as it finds
-        # them: without this, dropout would silently stay off during training.
-        self.model = model.train()
-        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.loss = nn.CrossEntropyLoss() if loss is None else loss
-        self.method = method  # a lokal.methods.Method: its optional hooks shape training
         self.val_metrics = classification_metrics(num_classes, "val/")
         self.test_metrics = classification_metrics(num_classes, "test/")
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
-        # Checkpoints hold only what trains (plus buffers); the frozen base comes from the model.
-        self.strict_loading = False
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model(batch)
-
-    def on_train_epoch_start(self) -> None:
-        if self.method is not None:
-            self.method.on_train_epoch_start(self.model, self.current_epoch)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.loss(self(batch), batch["label"])
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["label"]))
         return loss + self.method_penalty()
-
-    def method_penalty(self) -> torch.Tensor | float:
-        penalty = self.method.penalty(self.model) if self.method is not None else None
-        if penalty is None:
-            return 0.0
-        self.log("train/penalty", penalty, batch_size=1)
-        return penalty
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self(batch)
@@ -86,23 +133,3 @@ class LokalModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute())
         self.test_metrics.reset()
-
-    def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.param_groups())
-        for group in optimizer.param_groups:  # layer-wise learning rates, relative to the configured one
-            group["lr"] *= group.pop("lr_scale", 1.0)
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def param_groups(self) -> list[dict]:
-        if self.method is not None:
-            return self.method.param_groups(self.model)
-        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
-
-    def state_dict(self, *args, **kwargs):
-        """Drop frozen parameters: a LoRA checkpoint of Gemma is MBs, not a GB."""
-        state = super().state_dict(*args, **kwargs)
-        frozen = {f"{kwargs.get('prefix', '')}{n}" for n, p in self.named_parameters() if not p.requires_grad}
-        return type(state)((k, v) for k, v in state.items() if k not in frozen)

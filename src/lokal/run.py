@@ -30,6 +30,8 @@ def train(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     method = instantiate(cfg.method)
     datamodule, model = build(cfg, method)
+    if task_of(datamodule) == "causal_lm":
+        return train_lm(cfg, datamodule, model, method)
     module = LokalModule(
         model,
         num_classes=len(datamodule.class_names),
@@ -38,11 +40,7 @@ def train(cfg: DictConfig) -> dict:
         loss=instantiate(cfg.loss)(class_counts=class_counts(datamodule)),
         method=method,
     )
-    trainer = instantiate(
-        cfg.trainer,
-        logger=[instantiate(c) for c in cfg.logger.values()],
-        callbacks=[instantiate(c) for c in cfg.callbacks.values()],
-    )
+    trainer = make_trainer(cfg)
     write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     start = time.perf_counter()
@@ -52,6 +50,39 @@ def train(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         write_outputs(module, datamodule, metrics, run_dir)
     return metrics
+
+
+def train_lm(cfg: DictConfig, datamodule, model, method) -> dict:
+    """Causal-LM instruction fine-tuning (lokal.lm): the same trainer, plus the base model's
+    test perplexity and answers measured first, so the run shows what training changed."""
+    from hydra.utils import instantiate
+
+    from lokal import lm
+
+    run_dir = Path(cfg.paths.run_dir)
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    module = lm.LMModule(model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler, method=method)
+    trainer = make_trainer(cfg)
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    before = lm.before_training(module.model, datamodule, trainer.strategy.root_device, trainer.is_global_zero)
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(run_dir))
+    train_time = round(time.perf_counter() - start, 2)
+    metrics = lm.evaluate(trainer, module, datamodule) | before.metrics | {"train_time_s": train_time}
+    if trainer.is_global_zero:
+        lm.write_outputs(module, datamodule, metrics, run_dir, before)
+    return metrics
+
+
+def make_trainer(cfg: DictConfig):
+    from hydra.utils import instantiate
+
+    return instantiate(
+        cfg.trainer,
+        logger=[instantiate(c) for c in cfg.logger.values()],
+        callbacks=[instantiate(c) for c in cfg.callbacks.values()],
+    )
 
 
 def evaluate(trainer, module, datamodule) -> dict:
@@ -86,7 +117,9 @@ def build(cfg: DictConfig, method=None):
     from hydra.utils import instantiate
 
     datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model, num_classes=len(datamodule.class_names))
+    check_task(cfg.model, datamodule)
+    sized = {"num_classes": len(datamodule.class_names)} if task_of(datamodule) == "classification" else {}
+    model = instantiate(cfg.model, **sized)
     if model.modality != datamodule.modality:
         raise LokalError(
             f"model {cfg.model.name} reads {model.modality} but data gives {datamodule.modality}: "
@@ -94,6 +127,35 @@ def build(cfg: DictConfig, method=None):
         )
     datamodule.use_model(model)
     return datamodule, method.apply(model) if method is not None else model
+
+
+TASK_MODELS = {"classification": "a classification model, e.g. model=minilm or model=gemma3_270m",
+               "causal_lm": "a causal-LM model, e.g. model=gemma3_270m_lm or model=hf_causal_lm"}
+
+
+def task_of(obj) -> str:
+    """What a model or data module is for; classifiers predate the attribute."""
+    return getattr(obj, "task", "classification")
+
+
+def check_task(model_cfg: DictConfig, datamodule) -> None:
+    """Instruction data needs a language model, labelled data a classifier: checked from the
+    model's class, before its weights load."""
+    from hydra.utils import get_class
+
+    model_task, data_task = task_of(get_class(model_cfg._target_)), task_of(datamodule)
+    if model_task != data_task:
+        raise LokalError(f"data={data_choice(datamodule)} needs {TASK_MODELS.get(data_task, data_task)}; "
+                         f"model {model_cfg.name} is a {model_task} model")
+
+
+def data_choice(datamodule) -> str:
+    """The data config's name when Hydra runs (e.g. indo_instruct), else the data module's class."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return HydraConfig.get().runtime.choices.get("data", type(datamodule).__name__)
+    return type(datamodule).__name__
 
 
 def load_run(run_dir: str | Path):

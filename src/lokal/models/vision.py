@@ -18,6 +18,7 @@ class ImageClassifier(nn.Module):
     """
 
     modality = "image"
+    task = "classification"
 
     def __init__(
         self,
@@ -57,12 +58,20 @@ class ImageClassifier(nn.Module):
         return [self.net.pretrained_cfg["classifier"]]
 
     def blocks(self) -> list[str]:
-        """timm's own coarse groups (stages / blocks), without the stem and the head group."""
-        from timm.models import group_modules
-
-        groups = group_modules(self.net, self.net.group_matcher(coarse=True))
-        ordered = [groups[k] for k in sorted(groups)]
-        return [modules[0] for modules in ordered[1:-1]]
+        """The stages/blocks in order, from timm's `feature_info` (stage ends): when they all sit
+        in one container (EfficientNet/ViT `blocks`, ConvNeXt `stages`), every child of it,
+        so stages without a resolution change count too; else the stage modules themselves."""
+        stages = [info["module"] for info in getattr(self.net, "feature_info", [])]
+        parents = {name.rpartition(".")[0] for name in stages}
+        if len(parents) == 1 and (parent := parents.pop()):
+            stages = [f"{parent}.{name}" for name, _ in self.net.get_submodule(parent).named_children()]
+        head = tuple(f"{name}." for name in self.head_names)
+        blocks = [name for name in stages if not (name + ".").startswith(head)
+                  and any(True for _ in self.net.get_submodule(name).parameters())]
+        if not blocks:
+            raise LokalError(f"{self.name}: timm reports no stages (feature_info); methods that need blocks "
+                             "(partial, side, adapter) cannot find them")
+        return blocks
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.net(batch["image"])

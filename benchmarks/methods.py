@@ -30,6 +30,7 @@ METHODS = {  # name -> (module, class, keyword arguments): the conf/method defau
     "full (LLRD 0.8 + L2-SP)": ("full", "Full", {"layer_decay": 0.8, "l2sp": 0.01}),
     "partial (2 blocks)": ("partial", "Partial", {"last_n_blocks": 2}),
     "bitfit": ("bitfit", "BitFit", {}),
+    "bitfit + zero biases": ("bitfit", "BitFit", {"add_bias": True}),  # for bias-free decoders (Gemma)
     "lora r8": ("lora", "LoRA", {"r": 8, "alpha": 16, "dropout": 0.1}),
     "dora r8": ("lora", "LoRA", {"r": 8, "alpha": 16, "dropout": 0.1, "use_dora": True}),
     "additive ia3": ("additive", "Additive", {"kind": "ia3"}),
@@ -118,11 +119,12 @@ def rss_mb() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
-def one_case(backbone: str, method_name: str, steps: int) -> dict:
+def one_case(backbone: str, method_name: str, steps: int, default_malloc: bool = False) -> dict:
     from lokal.system import tune_malloc
     from lokal.weights import save_weights
 
-    tune_malloc()  # lokal's runs do this; the plain loop gets the same allocator
+    if not default_malloc:
+        tune_malloc()  # lokal's runs do this; the plain loop gets the same allocator
     method, model, batch = build(backbone, method_name)
     built = rss_mb()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -143,19 +145,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="0: only count parameters and saved sizes")
     parser.add_argument("--backbone", choices=list(BACKBONES), action="append")
     parser.add_argument("--method", choices=list(METHODS), action="append")
+    parser.add_argument("--default-malloc", action="store_true", help="skip lokal's glibc malloc tuning")
     parser.add_argument("--one", nargs=2, metavar=("BACKBONE", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one_case(*args.one, steps=args.steps)))
+        print(json.dumps(one_case(*args.one, steps=args.steps, default_malloc=args.default_malloc)))
         return
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}\n")
+          f"torch {torch.__version__}, malloc {'default' if args.default_malloc else 'tuned'}\n")
     print("| backbone | method | trainable | plain s/step | lokal s/step | ratio | peak MB | train MB | saved MB |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for backbone in args.backbone or ["minilm", "efficientnet"]:
         for name in args.method or METHODS:
-            out = subprocess.run([sys.executable, __file__, "--one", backbone, name, "--steps", str(args.steps)],
-                                 capture_output=True, text=True)
+            command = [sys.executable, __file__, "--one", backbone, name, "--steps", str(args.steps)]
+            out = subprocess.run(command + ["--default-malloc"] * args.default_malloc, capture_output=True, text=True)
             if out.returncode:
                 print(f"| {backbone} | {name} | failed: {out.stderr.strip().splitlines()[-1]} |||||||")
                 continue

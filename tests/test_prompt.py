@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lokal import LokalError
-from lokal.methods.prompt import TEXT_KINDS, Prompt, ready_for_prompts
+from lokal.methods.prompt import TEXT_KINDS, Prompt
 from lokal.weights import load_weights, save_weights
 from tests.test_methods import make_batch, make_model
 
@@ -83,9 +83,10 @@ def test_a_decoder_classifies_a_padded_sequence_as_it_does_alone(kind, text_path
 
 def test_a_decoder_prompt_loaded_onto_a_fresh_base_gets_left_padding_back(text_paths, tmp_path):
     save_weights(Prompt(kind="prompt_tuning", num_tokens=4).apply(make_model("llama", text_paths)), tmp_path)
-    loaded = load_weights(make_model("llama", text_paths), tmp_path)  # PEFT adapters load without the method
-    assert loaded.tokenizer.padding_side == "right"
-    assert ready_for_prompts(loaded).tokenizer.padding_side == "left"
+    fresh = make_model("llama", text_paths)
+    assert fresh.tokenizer.padding_side == "right"
+    loaded = load_weights(fresh, tmp_path)  # PEFT adapters load without the method: load_weights restores it
+    assert loaded.tokenizer.padding_side == "left"
 
 
 def test_an_encoder_keeps_right_padding(text_paths):

@@ -3,13 +3,11 @@ instruction fine-tuning: the pretrained LM head stays, no new head is added."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
 from lokal import LokalError
-from lokal.models.text import TextClassifier, explain_load_errors, gguf_to_hf, load_tokenizer, quiet_transformers
+from lokal.models.text import TextClassifier, load_pretrained
 
 
 class CausalLM(nn.Module):
@@ -29,15 +27,10 @@ class CausalLM(nn.Module):
         super().__init__()
         from transformers import AutoModelForCausalLM
 
-        source = gguf_to_hf(Path(name)) if name.endswith(".gguf") else name
         self.name, self.max_length, self.lora_targets = name, max_length, list(lora_targets or [])
-        with quiet_transformers(), explain_load_errors(name):
-            self.tokenizer = load_tokenizer(source)
-            self.net, info = AutoModelForCausalLM.from_pretrained(
-                source, dtype=getattr(torch, dtype), output_loading_info=True
-            )
-        if info["missing_keys"]:  # nothing may start random: there is no new head here
-            raise LokalError(f"{name}: pretrained weights missing for {info['missing_keys'][:8]}; "
+        self.tokenizer, self.net, missing = load_pretrained(AutoModelForCausalLM, name, dtype)
+        if missing:  # nothing may start random: there is no new head here
+            raise LokalError(f"{name}: pretrained weights missing for {missing[:8]}; "
                              "is it a complete causal-LM checkpoint?")
         if self.tokenizer.eos_token_id is None:
             raise LokalError(f"{name}: its tokenizer has no end-of-sequence token, so a tuned model could not "

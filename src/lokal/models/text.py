@@ -30,14 +30,11 @@ class TextClassifier(nn.Module):
         super().__init__()
         from transformers import AutoModelForSequenceClassification
 
-        source = gguf_to_hf(Path(name)) if name.endswith(".gguf") else name
         self.name, self.max_length, self.lora_targets = name, max_length, list(lora_targets or [])
-        with quiet_transformers(), explain_load_errors(name):  # the new head is reported "MISSING": expected
-            self.tokenizer = load_tokenizer(source)
-            self.net, info = AutoModelForSequenceClassification.from_pretrained(
-                source, num_labels=num_classes, dtype=getattr(torch, dtype), output_loading_info=True
-            )
-        missing = [k for k in info["missing_keys"] if not k.startswith(tuple(self.head_names))]
+        # the new head is reported "MISSING": expected
+        self.tokenizer, self.net, missing = load_pretrained(AutoModelForSequenceClassification, name, dtype,
+                                                            num_labels=num_classes)
+        missing = [k for k in missing if not k.startswith(tuple(self.head_names))]
         if missing:  # only the new head may start random
             raise LokalError(f"{name}: pretrained weights missing for {missing[:8]}; is it a complete checkpoint?")
         # Decoders classify from the last non-pad token, so they must know the pad id.
@@ -57,6 +54,16 @@ class TextClassifier(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def load_pretrained(auto_class, name: str, dtype: str, **kwargs) -> tuple:
+    """(tokenizer, model, missing weight names) from a hub name, folder or `.gguf` file,
+    without transformers' load chatter and with one clear error when it cannot be loaded."""
+    source = gguf_to_hf(Path(name)) if name.endswith(".gguf") else name
+    with quiet_transformers(), explain_load_errors(name):
+        tokenizer = load_tokenizer(source)
+        net, info = auto_class.from_pretrained(source, dtype=getattr(torch, dtype), output_loading_info=True, **kwargs)
+    return tokenizer, net, info["missing_keys"]
 
 
 @contextmanager

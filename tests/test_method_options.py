@@ -152,3 +152,10 @@ def test_ia3_on_timm_uses_the_models_layer_names(paths):
     model = Additive(kind="ia3").apply(make_model("cnn", paths))
     names = {n for n, _ in model.net.named_parameters() if "ia3_l" in n}
     assert names and all(any(t in n for t in ("conv_pw", "conv_pwl", "conv_head")) for n in names)
+
+
+def test_side_network_refuses_a_causal_lm(tiny_causal_lm):
+    from lokal.models.causal_lm import CausalLM
+
+    with pytest.raises(LokalError, match="kind=side adds class logits.*kind=ia3"):
+        Additive(kind="side").apply(CausalLM(str(tiny_causal_lm)))

@@ -62,6 +62,9 @@ class Additive(Method):
         return model
 
     def _side(self, model: nn.Module) -> nn.Module:
+        if getattr(model, "task", "classification") != "classification":
+            raise LokalError(f"method.kind=side adds class logits, but {model.name} is a {model.task} model; "
+                             "use method.kind=ia3, or method=lora / prompt / adapter")
         blocks = [model.net.get_submodule(b) for b in model.blocks()]
         widths, classes = probe(model, blocks)
         model.net.lokal_side = LadderSide(widths, self.side_dim, classes)

@@ -52,7 +52,12 @@ class Full(Method):
         if not self.l2sp:
             return None
         params = dict(model.net.named_parameters())
-        drift = sum((params[n] - anchor.to(params[n].device)).pow(2).sum() for n, anchor in self._anchor.items())
+        drift = 0.0
+        for name, anchor in self._anchor.items():
+            param = params[name]
+            if anchor.device != param.device:  # moved once, after the model moved to a GPU
+                anchor = self._anchor[name] = anchor.to(param.device)
+            drift = drift + (param - anchor).pow(2).sum()
         return self.l2sp / 2 * drift
 
 

@@ -68,14 +68,18 @@ def load_pretrained(auto_class, name: str, dtype: str, **kwargs) -> tuple:
 
 @contextmanager
 def quiet_transformers():
+    """No load chatter: warnings about the new head and the per-tensor "Loading weights" bar."""
     from transformers.utils import logging
 
-    level = logging.get_verbosity()
+    level, bar = logging.get_verbosity(), logging.is_progress_bar_enabled()
     logging.set_verbosity_error()
+    logging.disable_progress_bar()
     try:
         yield
     finally:
         logging.set_verbosity(level)
+        if bar:
+            logging.enable_progress_bar()
 
 
 @contextmanager

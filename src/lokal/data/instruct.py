@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from lokal import LokalError
 from lokal.data import SplitDataModule
-from lokal.data.text import read_table
+from lokal.data.text import fold_text, read_table, require_columns
 
 log = logging.getLogger(__name__)
 IGNORE = -100  # label of tokens the loss skips (prompt, padding): PyTorch's and HF's ignore_index
@@ -67,12 +67,8 @@ class InstructionDataModule(SplitDataModule):
     # -- loading -------------------------------------------------------------
     def _load(self) -> pd.DataFrame:
         frame = read_table(self.path, self.table)
-        missing = [c for c in (self.prompt_column, self.response_column) if c not in frame.columns]
-        if missing:
-            raise LokalError(
-                f"{self.path}: no column {missing[0]!r}; columns are {list(frame.columns)}. "
-                "Set data.prompt_column / data.response_column to the right names"
-            )
+        require_columns(frame, {"prompt_column": self.prompt_column, "response_column": self.response_column},
+                        self.path)
         frame = frame[[self.prompt_column, self.response_column]].fillna("").astype(str)
         frame = frame.apply(lambda column: column.str.strip())
         self.stats["rows"] = len(frame)
@@ -80,7 +76,7 @@ class InstructionDataModule(SplitDataModule):
         self.stats["empty_dropped"] = int(empty.sum())
         frame = frame[~empty]
         if self.dedup:
-            key = (frame[self.prompt_column] + "\0" + frame[self.response_column]).str.lower().str.split().str.join(" ")
+            key = fold_text(frame[self.prompt_column] + "\0" + frame[self.response_column])
             self.stats["duplicates_dropped"] = int(key.duplicated().sum())
             frame = frame[~key.duplicated()]
         log.info("%s: %d pairs kept (%d empty, %d duplicate dropped)", self.path, len(frame),

@@ -62,12 +62,7 @@ class TextDataModule(SplitDataModule):
     # -- loading -------------------------------------------------------------
     def _load(self) -> pd.DataFrame:
         frame = read_table(self.path, self.table)
-        for column in (self.text_column, self.label_column):
-            if column not in frame.columns:
-                raise LokalError(
-                    f"{self.path}: no column {column!r}; columns are {list(frame.columns)}. "
-                    f"Set data.text_column / data.label_column to the right names"
-                )
+        require_columns(frame, {"text_column": self.text_column, "label_column": self.label_column}, self.path)
         frame = frame[[self.text_column, self.label_column]].dropna()
         frame = frame[frame[self.text_column].astype(str).str.strip() != ""]
         self.stats["rows"] = len(frame)
@@ -78,7 +73,7 @@ class TextDataModule(SplitDataModule):
     def _drop_duplicates(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Drop texts equal after lowercasing and whitespace folding, before any split: a copy
         in both train and test would inflate the test score."""
-        key = frame[self.text_column].astype(str).str.lower().str.split().str.join(" ")
+        key = fold_text(frame[self.text_column])
         labels_per_text = frame.groupby(key)[self.label_column].nunique()
         conflicting = key.isin(labels_per_text[labels_per_text > 1].index)
         kept = frame[~key.duplicated() & ~conflicting]
@@ -166,3 +161,17 @@ def _read_sqlite(file: Path, table: str | None) -> pd.DataFrame:
         if table not in tables:
             raise LokalError(f"{file}: set data.table to one of the tables {tables}")
         return pd.read_sql_query(f'select * from "{table}"', conn)
+
+
+def require_columns(frame: pd.DataFrame, columns: dict[str, str], path) -> None:
+    """`columns` maps a config key (e.g. text_column) to the column it names."""
+    for column in columns.values():
+        if column not in frame.columns:
+            keys = " / ".join(f"data.{key}" for key in columns)
+            raise LokalError(f"{path}: no column {column!r}; columns are {list(frame.columns)}. "
+                             f"Set {keys} to the right names")
+
+
+def fold_text(texts: pd.Series) -> pd.Series:
+    """The duplicate key: lowercased, runs of whitespace folded to one space."""
+    return texts.astype(str).str.lower().str.split().str.join(" ")

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub lookup hangs ~46 s without a network
 os.environ.setdefault("WANDB_MODE", "offline")
+# tokenised texts, decoded images and file checks are cached by default: keep test runs out of ~/.cache
+os.environ.setdefault("LOKAL_DATA_CACHE", tempfile.mkdtemp(prefix="lokal-data-cache-"))
 
 import shutil
 from pathlib import Path
@@ -43,6 +46,7 @@ def xray_dir(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_text_models(tmp_path_factory) -> dict[str, Path]:
     """A 2-layer BERT and a 2-layer LLaMA with random weights, using MiniLM's real tokenizer."""
+    import torch
     from transformers import (
         AutoTokenizer,
         BertConfig,
@@ -55,6 +59,7 @@ def tiny_text_models(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("tiny_text")
     tokenizer = AutoTokenizer.from_pretrained(str(minilm()))
+    torch.manual_seed(0)  # the same weights whichever test builds them first (session scope)
     size = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
                 vocab_size=tokenizer.vocab_size, num_labels=2)
     no_dropout = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)

@@ -1,7 +1,8 @@
 """Classification losses for imbalanced local data: class-weighted cross-entropy and focal loss.
 
 Each is built by `run.py` with the training split's class counts, so "balanced" weights
-come from the data actually trained on.
+come from the data actually trained on. Both take hard labels (B,) or soft targets (B, C)
+(mixup/CutMix); a one-hot soft target gives the hard label's loss, class weights included.
 """
 
 from __future__ import annotations
@@ -29,7 +30,21 @@ def class_weights(counts: Sequence[int], mode: str | None) -> torch.Tensor | Non
 
 def cross_entropy(class_counts: Sequence[int], class_weights_mode: str | None = None,
                   label_smoothing: float = 0.0) -> nn.Module:
-    return nn.CrossEntropyLoss(weight=class_weights(class_counts, class_weights_mode), label_smoothing=label_smoothing)
+    return CrossEntropy(weight=class_weights(class_counts, class_weights_mode), label_smoothing=label_smoothing)
+
+
+class CrossEntropy(nn.CrossEntropyLoss):
+    """torch's cross-entropy, with one fix for class-weighted soft targets: torch averages
+    those over the batch size, but hard labels over the summed weights of their classes, so
+    the same one-hot target gave a different loss (by the batch's mean weight). Here soft
+    targets are averaged over their expected weight, sum_i sum_c w_c t_ic: one-hot equals hard."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.ndim == 1 or self.weight is None:
+            return super().forward(logits, target)
+        total = F.cross_entropy(logits, target, weight=self.weight, reduction="sum",
+                                label_smoothing=self.label_smoothing)
+        return total / (target @ self.weight).sum()
 
 
 class FocalLoss(nn.Module):
@@ -42,9 +57,20 @@ class FocalLoss(nn.Module):
         self.register_buffer("weight", class_weights(class_counts, class_weights_mode), persistent=False)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if labels.ndim == 2:
+            return self.soft(logits, labels)
         log_p = F.log_softmax(logits, dim=-1).gather(1, labels[:, None]).squeeze(1)  # (B,)
         loss = -((1 - log_p.exp()) ** self.gamma) * log_p
         if self.weight is None:
             return loss.mean()
         weight = self.weight[labels]
         return (weight * loss).sum() / weight.sum()  # same normalisation as weighted cross-entropy
+
+    def soft(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Soft targets (B, C): the focal term's expectation over the target distribution,
+        -sum_c t_c (1 - p_c)^gamma log p_c; weighted like CrossEntropy's soft targets."""
+        log_p = F.log_softmax(logits, dim=-1)
+        terms = -target * (1 - log_p.exp()) ** self.gamma * log_p  # (B, C)
+        if self.weight is None:
+            return terms.sum(-1).mean()
+        return (terms * self.weight).sum() / (target @ self.weight).sum()

@@ -111,6 +111,8 @@ class LokalModule(FinetuneModule):
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """`label` is (B,) class ids, or (B, C) soft targets when the data module mixes
+        training batches (data.mixup): lokal's losses take both."""
         loss = self.loss(self(batch), batch["label"])
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["label"]))
         return loss + self.method_penalty()

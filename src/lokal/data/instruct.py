@@ -11,8 +11,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from lokal import LokalError
-from lokal.data import SplitDataModule
-from lokal.data.text import fold_text, read_table, require_columns
+from lokal.data.base import SplitDataModule
+from lokal.data.tables import fold_text, read_table, require_columns
 
 log = logging.getLogger(__name__)
 IGNORE = -100  # label of tokens the loss skips (prompt, padding): PyTorch's and HF's ignore_index

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
 from lokal import LokalError
-from lokal.data import SplitDataModule, balanced_sampler, stratified_split
+from lokal.data.augment import TextAugment, from_config
+from lokal.data.base import SplitDataModule, balanced_sampler, make_records, record_extras
+from lokal.data.cache import cache_folder
+from lokal.data.splits import known_classes, split_rows
+from lokal.data.tables import LABEL, fold_text, read_table, require_columns, tag_rows, wanted_columns
 
 log = logging.getLogger(__name__)
-READERS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet", ".db": "sqlite", ".sqlite": "sqlite"}
+DEDUP = (True, False, "near")  # near: also near copies (lokal audit's MinHash search)
+PII = (None, "redact", "drop")
 
 
 class TextDataModule(SplitDataModule):
-    """Reads the table once, drops duplicate texts, splits stratified by seed, tokenises once."""
+    """Reads the table once, drops empty and duplicate texts, splits by seed (stratified, or
+    group-aware, user-given or k-fold), tokenises once."""
 
     modality = "text"
 
@@ -28,25 +33,45 @@ class TextDataModule(SplitDataModule):
         label_column: str = "label",
         table: str | None = None,
         label_names: dict | None = None,
-        dedup: bool = True,
+        classes: list[str] | None = None,
+        dedup: bool | str = True,
+        pii: str | None = None,
         balance: bool = False,
         val_fraction: float = 0.15,
         test_fraction: float = 0.2,
         seed: int = 42,
+        group_column: str | None = None,
+        metadata_columns: list[str] | None = None,
+        split_column: str | None = None,
+        folds: int = 0,
+        fold: int = 0,
+        encoding: str = "utf-8",
         batch_size: int = 32,
         num_workers: int = 0,
+        pin_memory: bool = False,
+        normalize_slang: bool = False,
+        augment: dict | None = None,
+        cache: bool = True,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
-        self.path, self.table = path, table
+        self.path, self.table, self.encoding = path, table, encoding
         self.text_column, self.label_column = text_column, label_column
+        self.group_column, self.split_column = group_column, split_column
+        self.metadata_columns = list(metadata_columns or [])
         self.label_names = {str(k): v for k, v in (label_names or {}).items()}
-        self.dedup, self.balance, self.seed = dedup, balance, seed
+        self.dedup, self.pii = check_choice("dedup", dedup, DEDUP), check_choice("pii", pii, PII)
+        self.balance, self.seed = balance, seed
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.folds, self.fold = folds, fold
         self.batch_size, self.num_workers = batch_size, num_workers
+        self.pin_memory, self.normalize_slang = pin_memory, normalize_slang
+        self.augment = from_config(TextAugment, augment, "augment")  # EDA on training texts
+        self.cache_dir = cache_folder(cache, cache_dir)
         self.tokenizer, self.max_length = None, 128
         self.stats: dict[str, int] = {}
         self.frame = self._load()
-        self.classes = sorted(self.frame[label_column].astype(str).unique())
+        self.classes = known_classes(self.frame[LABEL], classes, self.frame["_id"], str(path))
         self.class_names = [self.label_names.get(c, c) for c in self.classes]
         self.splits = self._split()
 
@@ -59,16 +84,45 @@ class TextDataModule(SplitDataModule):
     def texts(self, split: str) -> list[str]:
         return self.splits[split][self.text_column].astype(str).tolist()
 
+    def records(self) -> pd.DataFrame:
+        """One row per kept example (id "row N" = 0-based data row of the file), for `lokal audit`."""
+        return make_records(self.splits, {"id": "_id", "label": LABEL, "text": self.text_column}
+                            | record_extras(self.group_column, self.metadata_columns))
+
     # -- loading -------------------------------------------------------------
     def _load(self) -> pd.DataFrame:
-        frame = read_table(self.path, self.table)
-        require_columns(frame, {"text_column": self.text_column, "label_column": self.label_column}, self.path)
-        frame = frame[[self.text_column, self.label_column]].dropna()
-        frame = frame[frame[self.text_column].astype(str).str.strip() != ""]
+        frame = read_table(self.path, self.table, self.encoding)
+        columns = wanted_columns({"text_column": self.text_column, "label_column": self.label_column},
+                                 self.group_column, self.split_column, self.metadata_columns)
+        require_columns(frame, columns, self.path)
+        frame = frame[list(dict.fromkeys(columns.values()))].assign(_row=range(len(frame)))
+        frame = self._drop_empty(frame)
         self.stats["rows"] = len(frame)
+        if self.pii:
+            frame = self._handle_pii(frame)
         if self.dedup:
             frame = self._drop_duplicates(frame)
-        return frame.reset_index(drop=True)
+        if self.dedup == "near":
+            frame = self._drop_near_duplicates(frame)
+        return tag_rows(frame, self.label_column, self.group_column, self.split_column, str(self.path))
+
+    def _drop_empty(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Rows with no text or no label teach nothing: drop and count them; none left is an error."""
+        text = frame[self.text_column]
+        empty = text.isna() | (text.astype(str).str.strip() == "")
+        unlabelled = frame[self.label_column].isna() & ~empty
+        self.stats |= {"empty_texts_dropped": int(empty.sum()), "missing_labels_dropped": int(unlabelled.sum())}
+        dropped = ((empty, "empty text", self.text_column), (unlabelled, "no label", self.label_column))
+        for rows, what, column in dropped:
+            if rows.any():
+                log.warning("%s: dropped %d rows with %s in column %r (e.g. %s)", self.path, int(rows.sum()), what,
+                            column, ", ".join(f"row {r}" for r in frame["_row"][rows][:5]))
+        kept = frame[~empty & ~unlabelled]
+        if kept.empty:
+            raise LokalError(f"{self.path}: no usable rows: {int(empty.sum())} have empty text in column "
+                             f"{self.text_column!r} and {int(unlabelled.sum())} no label in column "
+                             f"{self.label_column!r}; check data.text_column / data.label_column")
+        return kept.assign(**{self.text_column: kept[self.text_column].astype(str)})
 
     def _drop_duplicates(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Drop texts equal after lowercasing and whitespace folding, before any split: a copy
@@ -83,11 +137,42 @@ class TextDataModule(SplitDataModule):
                  self.stats["duplicates_dropped"], self.stats["conflicting_dropped"], len(kept))
         return kept
 
+    def _handle_pii(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """NIKs, phone numbers and emails (lokal.audit.pii) are redacted to [NIK] / [PHONE] /
+        [EMAIL], or their rows dropped, before anything is split or trained on."""
+        from lokal.audit.pii import redact_series
+
+        texts = frame[self.text_column]
+        redacted = redact_series(texts)
+        changed = redacted != texts
+        if self.pii == "drop":
+            self.stats["pii_rows_dropped"] = int(changed.sum())
+            return frame[~changed]
+        self.stats["pii_rows_redacted"] = int(changed.sum())
+        return frame.assign(**{self.text_column: redacted})
+
+    def _drop_near_duplicates(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Near copies (the audit's MinHash search, the audit's threshold) keep their first row;
+        a near-copy group with two labels is dropped whole, as exact conflicts are."""
+        from lokal.audit.core import AuditSettings
+        from lokal.audit.text import near_duplicate_groups
+
+        groups = near_duplicate_groups(frame[self.text_column].tolist(), AuditSettings().text_threshold)
+        labels = frame[self.label_column].to_numpy()
+        drop: list[int] = []
+        for group in groups:
+            conflicting = len(set(labels[group])) > 1
+            drop += group if conflicting else group[1:]
+        self.stats["near_duplicates_dropped"] = len(drop)
+        log.info("dropped %d near-duplicate rows (%d kept)", len(drop), len(frame) - len(drop))
+        return frame.drop(frame.index[drop])
+
     def _split(self) -> dict[str, pd.DataFrame]:
-        names = self.frame[self.label_column].astype(str)
-        labels = names.map(self.classes.index).to_numpy()
-        index = stratified_split(names.tolist(), self.val_fraction, self.test_fraction, self.seed, str(self.path))
-        frames = {name: self.frame.iloc[rows].assign(_y=labels[rows]) for name, rows in index.items()}
+        frame = self.frame
+        index = split_rows(frame[LABEL], self.val_fraction, self.test_fraction, self.seed, str(self.path),
+                           groups=frame.get("_group"), given=frame.get("_given"), folds=self.folds, fold=self.fold)
+        labels = frame[LABEL].map({name: i for i, name in enumerate(self.classes)}).to_numpy()
+        frames = {name: frame.iloc[rows].assign(_y=labels[rows]) for name, rows in index.items()}
         self.stats |= {f"{name}_rows": len(f) for name, f in frames.items()}
         return frames
 
@@ -96,20 +181,24 @@ class TextDataModule(SplitDataModule):
         if self.tokenizer is None:
             raise RuntimeError("call use_model(model) before setup: the tokenizer comes from the model")
         if not hasattr(self, "datasets"):
-            self.datasets = {name: self._encode(frame) for name, frame in self.splits.items()}
+            self.datasets = {name: self._encode(frame, train=name == "train") for name, frame in self.splits.items()}
 
-    def _encode(self, frame: pd.DataFrame) -> list[dict]:
+    def _encode(self, frame: pd.DataFrame, train: bool = False) -> list[dict]:
+        """Token ids per row, read from the cache when this data version was tokenised before.
+        Slang normalisation applies to every split: the model must see the same words at test
+        time. With augment, training rows keep their text for the collate function to augment
+        and tokenise afresh each epoch (their cached ids still give lengths for batching)."""
+        from lokal.data.augment import normalize_slang
+        from lokal.data.cache import encode_texts, file_identity
+
         texts = frame[self.text_column].astype(str).tolist()
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
-        return [
-            {"input_ids": ids, "attention_mask": mask, "label": y}
-            for ids, mask, y in zip(encoded["input_ids"], encoded["attention_mask"], frame["_y"], strict=True)
-        ]
-
-    def _collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        batch = self.tokenizer.pad([{k: r[k] for k in ("input_ids", "attention_mask")} for r in rows],
-                                   return_tensors="pt")
-        return {**batch, "label": torch.tensor([r["label"] for r in rows])}
+        if self.normalize_slang:
+            texts = [normalize_slang(t) for t in texts]
+        source = f"{file_identity(self.path)}|{self.table}" if self.cache_dir else ""
+        rows = encode_texts(self.tokenizer, texts, self.max_length, self.cache_dir, source)
+        keep = train and self.augment is not None
+        return [row | {"label": y} | ({"text": text} if keep else {})
+                for row, text, y in zip(rows, texts, frame["_y"], strict=True)]
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         """Batches of similar length: padding a 40-token batch to its one 128-token text
@@ -127,51 +216,21 @@ class TextDataModule(SplitDataModule):
             sampler = LengthGroupedSampler(self.batch_size, lengths=lengths, generator=generator)
         else:
             sampler = sorted(range(len(rows)), key=lengths.__getitem__)
-        return DataLoader(rows, batch_size=self.batch_size, sampler=sampler,
-                          num_workers=self.num_workers, collate_fn=self._collate)
+        return DataLoader(rows, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory, collate_fn=self._collate(train))
+
+    def _collate(self, train: bool):
+        from lokal.data.augment import TextCollate
+        from lokal.data.cache import quiet_tokenizer_fork
+
+        augment = self.augment if train else None
+        if augment is not None and self.num_workers:
+            quiet_tokenizer_fork()
+        return TextCollate(self.tokenizer, self.max_length, augment)
 
 
-def read_table(path: str | None, table: str | None = None) -> pd.DataFrame:
-    """Read CSV/TSV/JSONL/Parquet/SQLite into a frame, with a clear error for anything else."""
-    if not path:
-        raise LokalError("data.path is not set: give a CSV/TSV/JSONL/Parquet file, e.g. data.path=reviews.csv")
-    file = Path(path)
-    if not file.is_file():
-        raise LokalError(f"data.path={path} does not exist (looked in {file.resolve().parent})")
-    kind = READERS.get(file.suffix.lower())
-    if kind is None:
-        raise LokalError(f"{path}: unsupported file type {file.suffix!r}; use one of {', '.join(READERS)}")
-    try:
-        if kind == "sqlite":
-            return _read_sqlite(file, table)
-        if kind == "jsonl":
-            return pd.read_json(file, lines=True)
-        if kind == "parquet":
-            return pd.read_parquet(file)
-        return pd.read_csv(file, sep="\t" if kind == "tsv" else ",")
-    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as err:
-        raise LokalError(f"{path}: cannot be read as {kind} ({err}); check its format and encoding (UTF-8)") from err
-
-
-def _read_sqlite(file: Path, table: str | None) -> pd.DataFrame:
-    import sqlite3
-
-    with sqlite3.connect(f"file:{file}?mode=ro", uri=True) as conn:  # read-only: never touch user data
-        tables = [r[0] for r in conn.execute("select name from sqlite_master where type='table'")]
-        if table not in tables:
-            raise LokalError(f"{file}: set data.table to one of the tables {tables}")
-        return pd.read_sql_query(f'select * from "{table}"', conn)
-
-
-def require_columns(frame: pd.DataFrame, columns: dict[str, str], path) -> None:
-    """`columns` maps a config key (e.g. text_column) to the column it names."""
-    for column in columns.values():
-        if column not in frame.columns:
-            keys = " / ".join(f"data.{key}" for key in columns)
-            raise LokalError(f"{path}: no column {column!r}; columns are {list(frame.columns)}. "
-                             f"Set {keys} to the right names")
-
-
-def fold_text(texts: pd.Series) -> pd.Series:
-    """The duplicate key: lowercased, runs of whitespace folded to one space."""
-    return texts.astype(str).str.lower().str.split().str.join(" ")
+def check_choice(key: str, value, choices: tuple) -> object:
+    """A config value from a fixed set, or an error listing the set."""
+    if value not in choices:
+        raise LokalError(f"data.{key}={value!r}: choose one of {', '.join(map(repr, choices))}")
+    return value

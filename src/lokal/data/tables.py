@@ -1,0 +1,87 @@
+"""Reading the user's tables (CSV, TSV, JSONL, Parquet, SQLite) and the columns every
+table-based data module shares; light imports only (pandas), so the audit starts fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from lokal import LokalError
+from lokal.data.splits import given_splits, label_strings
+
+LABEL = "_label"  # the label as a string, as the user wrote it (before label_names)
+READERS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet", ".db": "sqlite", ".sqlite": "sqlite"}
+
+
+def read_table(path: str | None, table: str | None = None, encoding: str = "utf-8") -> pd.DataFrame:
+    """Read CSV/TSV/JSONL/Parquet/SQLite into a frame, with a clear error for anything else."""
+    if not path:
+        raise LokalError("data.path is not set: give a CSV/TSV/JSONL/Parquet file, e.g. data.path=reviews.csv")
+    file = Path(path)
+    if not file.is_file():
+        raise LokalError(f"data.path={path} does not exist (looked in {file.resolve().parent})")
+    kind = READERS.get(file.suffix.lower())
+    if kind is None:
+        raise LokalError(f"{path}: unsupported file type {file.suffix!r}; use one of {', '.join(READERS)}")
+    try:
+        if kind == "sqlite":
+            return _read_sqlite(file, table)
+        if kind == "jsonl":
+            return pd.read_json(file, lines=True, encoding=encoding)
+        if kind == "parquet":
+            return pd.read_parquet(file)
+        return pd.read_csv(file, sep="\t" if kind == "tsv" else ",", encoding=encoding)
+    except UnicodeDecodeError as err:
+        raise LokalError(f"{path} is not {encoding} text ({err}); re-save it as UTF-8, or pass its encoding, "
+                         "e.g. data.encoding=latin-1 (Windows Excel exports are often cp1252)") from err
+    except (ValueError, pd.errors.ParserError) as err:
+        raise LokalError(f"{path}: cannot be read as {kind} ({err}); check its format and encoding (UTF-8)") from err
+
+
+def _read_sqlite(file: Path, table: str | None) -> pd.DataFrame:
+    import sqlite3
+
+    with sqlite3.connect(f"file:{file}?mode=ro", uri=True) as conn:  # read-only: never touch user data
+        tables = [r[0] for r in conn.execute("select name from sqlite_master where type='table'")]
+        if table not in tables:
+            raise LokalError(f"{file}: set data.table to one of the tables {tables}")
+        return pd.read_sql_query(f'select * from "{table}"', conn)
+
+
+def require_columns(frame: pd.DataFrame, columns: dict[str, str], path) -> None:
+    """`columns` maps a config key (e.g. text_column) to the column it names."""
+    for key, column in columns.items():
+        if column not in frame.columns:
+            raise LokalError(f"{path}: no column {column!r}; columns are {list(frame.columns)}. "
+                             f"Set data.{key} to the right name")
+
+
+def wanted_columns(required: dict[str, str], group_column: str | None, split_column: str | None,
+                   metadata_columns: list[str]) -> dict[str, str]:
+    """Config key -> column for every column a table module reads (unset keys left out)."""
+    optional = {"group_column": group_column, "split_column": split_column}
+    optional |= {f"metadata_columns[{i}]": column for i, column in enumerate(metadata_columns)}
+    return required | {key: column for key, column in optional.items() if column}
+
+
+def tag_rows(frame: pd.DataFrame, label_column: str, group_column: str | None, split_column: str | None,
+             where: str) -> pd.DataFrame:
+    """Add the columns the splits and records() read: _id ("row N"), _label, _group, _given."""
+    frame = frame.reset_index(drop=True)
+    frame["_id"] = "row " + frame["_row"].astype(str)
+    frame[LABEL] = label_strings(frame[label_column])
+    if group_column:
+        blank = frame[group_column].isna()
+        if blank.any():
+            raise LokalError(f"{where}: {int(blank.sum())} rows have no value in column {group_column!r} "
+                             f"(data.group_column), e.g. {frame['_id'][blank].tolist()[:5]}; fill them in")
+        frame["_group"] = label_strings(frame[group_column])
+    if split_column:
+        frame["_given"] = given_splits(frame[split_column], split_column, where)
+    return frame
+
+
+def fold_text(texts: pd.Series) -> pd.Series:
+    """The duplicate key: lowercased, runs of whitespace folded to one space."""
+    return texts.astype(str).str.lower().str.split().str.join(" ")

@@ -1,5 +1,6 @@
 """Command line: `python train.py ...` and `lokal train ...` run the same Hydra app;
-`lokal adapters` and `lokal export` work on finished run directories."""
+`lokal adapters` and `lokal export` work on finished run directories; `lokal audit` and
+`lokal clean` check and clean a dataset before it is trained on."""
 
 from __future__ import annotations
 
@@ -76,15 +77,127 @@ def export_main(argv: list[str]) -> None:
     print(f"{out}: load it without lokal with {how_to_load(out)}")
 
 
-USAGE = """usage: lokal {train,adapters,export} ...
+def _data_arguments(parser: argparse.ArgumentParser) -> None:
+    """What to read, shared by audit and clean: a data config with overrides, or a path."""
+    parser.add_argument("target", nargs="*", metavar="data=NAME|PATH",
+                        help="data=NAME plus Hydra overrides (data.path=x.csv ...): the data exactly as training "
+                             "reads and splits it; or a PATH: a CSV/TSV/JSONL/Parquet/SQLite table of texts or of "
+                             "file paths, or a folder ROOT/CLASS/file or ROOT/{train,val,test}/CLASS/file. "
+                             "Nothing: the default data config")
+    parser.add_argument("--text-column", default="text", help="PATH tables: the text column (default: text)")
+    parser.add_argument("--label-column", default="label", help="PATH tables: the label column (default: label)")
+    parser.add_argument("--file-column", default="file",
+                        help="PATH tables of files: the file column (default: file, else path)")
+    parser.add_argument("--split-column", help="PATH tables: a train/val/test column (default: split, if present)")
+    parser.add_argument("--table", help="PATH SQLite files: the table to read")
+    parser.add_argument("--near", action=argparse.BooleanOptionalAction, default=True,
+                        help="search near duplicates too (default: on)")
+    parser.add_argument("--text-threshold", type=float, default=0.7,
+                        help="near-duplicate texts: character 5-gram Jaccard at least this (default: 0.7)")
+    parser.add_argument("--image-threshold", type=int, default=20,
+                        help="near-duplicate images: pHash + dHash differ in at most this many of 128 bits "
+                             "(default: 20)")
+
+
+def _load_source(args: argparse.Namespace):
+    from lokal.audit.source import from_config, from_path
+
+    paths = [t for t in args.target if "=" not in t]
+    if not paths:
+        return from_config(args.target), " ".join(args.target) or "default data config"
+    if len(args.target) > 1:
+        raise LokalError(f"give either one PATH or data=NAME with overrides, not {args.target}")
+    source = from_path(paths[0], args.text_column, args.label_column, args.file_column, args.split_column,
+                       args.table)
+    return source, paths[0]
+
+
+def _settings(args: argparse.Namespace, label_errors: bool):
+    from lokal.audit import AuditSettings
+
+    return AuditSettings(near=args.near, text_threshold=args.text_threshold, image_threshold=args.image_threshold,
+                         label_errors=label_errors)
+
+
+def audit_main(argv: list[str]) -> None:
+    """`lokal audit data=NAME ... | PATH`: the terminal table, then audit.json/.md/.html."""
+    parser = argparse.ArgumentParser(
+        prog="lokal audit",
+        description="Find exact and near duplicates, leakage across splits, conflicting labels, class imbalance, "
+                    "corrupt files, likely label errors and personal data (NIK, phone, email). Writes audit.json, "
+                    "audit.md and a self-contained audit.html.")
+    _data_arguments(parser)
+    parser.add_argument("--out", type=Path, help="report folder (default: outputs/audit/NAME-TIMESTAMP)")
+    parser.add_argument("--label-errors", action=argparse.BooleanOptionalAction, default=True,
+                        help="look for likely label errors with a 5-fold model (default: on)")
+    args = parser.parse_args(argv)
+    import time
+
+    from lokal.audit import analyse
+    from lokal.audit.core import report
+    from lokal.audit.report import print_table, write_reports
+
+    source, described = _load_source(args)
+    audit = report(analyse(source.records, source.modality, _settings(args, args.label_errors)))
+    audit["source"], audit["notes"] = described, source.notes
+    out = args.out or Path("outputs", "audit", f"{source.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    print_table(audit, write_reports(audit, out))
+
+
+def clean_main(argv: list[str]) -> None:
+    """`lokal clean data=NAME ... | PATH --out DIR`: a cleaned copy and its manifest."""
+    parser = argparse.ArgumentParser(
+        prog="lokal clean",
+        description="Write a cleaned copy (the original is only read): without duplicates (the test copy of an "
+                    "item that leaks across splits stays), conflicting-label items and corrupt files, with personal "
+                    "data redacted or dropped; manifest.json/.csv list every removed or redacted row and why.")
+    _data_arguments(parser)
+    parser.add_argument("--out", type=Path, required=True, help="a new (or empty) folder for the copy")
+    parser.add_argument("--pii", choices=("redact", "drop", "keep"), default="redact",
+                        help="texts with a NIK, phone number or email: redact (default), drop the row, keep")
+    parser.add_argument("--drop-label-errors", action="store_true", help="also drop likely label errors")
+    args = parser.parse_args(argv)
+    from lokal.audit import analyse
+    from lokal.audit.clean import check_out, plan, write_clean
+
+    source, _ = _load_source(args)
+    check_out(args.out, source)  # refuse before the slow part
+    analysis = analyse(source.records, source.modality, _settings(args, args.drop_label_errors))
+    summary = write_clean(source, analysis, plan(analysis, args.pii, args.drop_label_errors), args.out, args.pii)
+    _print_clean(summary, source)
+
+
+def _print_clean(summary: dict, source) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(f"lokal clean: {summary['source']}"), header_style="bold")
+    table.add_column("what")
+    table.add_column("rows", justify="right")
+    table.add_row("read", f"{summary['rows_in']:,}")
+    for reason, n in summary["reasons"].items():
+        table.add_row(escape(reason), f"{n:,}")
+    table.add_row("kept", f"{summary['rows_out']:,}")
+    Console().print(table)
+    if source.kind != "folder" and source.path.suffix.lower() in (".db", ".sqlite"):
+        print("the SQLite source was written as Parquet (one table, every column)")
+    print(f"cleaned copy: {summary['written']}; manifest: {Path(summary['out']) / 'manifest.json'} (and .csv)")
+
+
+USAGE = """usage: lokal {train,adapters,export,audit,clean} ...
   lokal train method=bitfit data=medical_xray data.root=DIR   (Hydra overrides, as train.py)
   lokal adapters RUN_DIR RUN_DIR... [--out report.md]          (domain x adapter matrix)
-  lokal export RUN_DIR OUT_DIR                                 (merged standalone model)"""
+  lokal export RUN_DIR OUT_DIR                                 (merged standalone model)
+  lokal audit data=NAME [overrides] | PATH [--out DIR]         (duplicates, leakage, labels, PII report)
+  lokal clean data=NAME [overrides] | PATH --out DIR           (cleaned copy + manifest)"""
 
 
 def main() -> None:
-    """Console script `lokal`: `lokal train [overrides]`, `lokal adapters ...`, `lokal export ...`."""
-    commands: dict[str, Callable[[list[str]], None]] = {"adapters": adapters_main, "export": export_main}
+    """Console script `lokal`: `lokal train [overrides]`, `lokal adapters ...`, `lokal export ...`,
+    `lokal audit ...`, `lokal clean ...`."""
+    commands: dict[str, Callable[[list[str]], None]] = {"adapters": adapters_main, "export": export_main,
+                                                        "audit": audit_main, "clean": clean_main}
     if len(sys.argv) >= 2 and sys.argv[1] == "train":
         sys.argv.pop(1)
         hydra_main()
@@ -97,9 +210,13 @@ def main() -> None:
 
 
 def _user_errors(command: Callable[[list[str]], None], argv: list[str]) -> None:
-    """A LokalError is the user's input: its message, no traceback."""
+    """A LokalError is the user's input: its message, no traceback (also when Hydra's
+    instantiate wrapped it)."""
     try:
         command(argv)
-    except LokalError as err:
-        print(f"\nlokal: {err}", file=sys.stderr)
+    except Exception as err:
+        user_error = _lokal_error(err)
+        if user_error is None:
+            raise
+        print(f"\nlokal: {user_error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -16,7 +16,16 @@ log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> dict:
-    """Fine-tune as configured; returns the metrics also written to `metrics.json`."""
+    """Fine-tune as configured; returns the metrics also written to `metrics.json`.
+
+    With `data.folds=k` (k >= 2): one run per fold and their mean (`cross_validate`)."""
+    if cfg.data.get("folds"):  # 0 / absent: one train/val/test split
+        return cross_validate(cfg)
+    return train_run(cfg)
+
+
+def train_run(cfg: DictConfig) -> dict:
+    """One run: train, test the best checkpoint, write everything to `paths.run_dir`."""
     import lightning as L
     from hydra.utils import instantiate
 
@@ -37,7 +46,7 @@ def train(cfg: DictConfig) -> dict:
         num_classes=len(datamodule.class_names),
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        loss=instantiate(cfg.loss)(class_counts=class_counts(datamodule)),
+        loss=make_loss(cfg, datamodule),
         method=method,
     )
     trainer = make_trainer(cfg)
@@ -73,6 +82,92 @@ def train_lm(cfg: DictConfig, datamodule, model, method) -> dict:
     if trainer.is_global_zero:
         lm.write_outputs(module, datamodule, metrics, run_dir, before)
     return metrics
+
+
+FOLD_DIR = "fold_{}"
+
+
+def cross_validate(cfg: DictConfig) -> dict:
+    """k-fold cross-validation: fold i is a complete run in `run_dir/fold_i` (its own config,
+    checkpoints and metrics.json), so a killed run started again skips the finished folds and
+    resumes the current one from its last checkpoint. Writes `cv.json` (every fold, mean, std)
+    and `metrics.json` (the means, plus `<metric>_std`), and returns the latter."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    folds = check_folds(cfg.data.folds)
+    results = [run_fold(fold_config(cfg, i)) for i in range(folds)]
+    summary = summarise_folds(results)
+    metrics = mean_metrics(results) | {f"{k}_std": v for k, v in summary["std"].items()}
+    if rank_zero_only.rank == 0:
+        run_dir = Path(cfg.paths.run_dir)
+        write_json(run_dir / "cv.json", summary)
+        write_json(run_dir / "metrics.json", metrics)
+        print_folds(summary, run_dir)
+    return metrics
+
+
+def check_folds(folds) -> int:
+    """The fold count, checked here too: the loop needs it before any data module loads."""
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise LokalError(f"data.folds={folds}: k-fold cross-validation needs 2 or more folds (e.g. data.folds=5); "
+                         "data.folds=0 trains one train/val/test split")
+    return folds
+
+
+def fold_config(cfg: DictConfig, fold: int) -> DictConfig:
+    """The run's config for one fold: `data.fold` set, and a directory of its own below the run's
+    (checkpoints, logs and metrics follow `paths.run_dir`)."""
+    import copy
+
+    from omegaconf import open_dict
+
+    fold_cfg = copy.deepcopy(cfg)
+    with open_dict(fold_cfg):
+        fold_cfg.data.fold = fold
+        fold_cfg.paths.run_dir = str(Path(cfg.paths.run_dir) / FOLD_DIR.format(fold))
+    return fold_cfg
+
+
+def run_fold(cfg: DictConfig) -> dict:
+    """Train one fold, or read its metrics if it finished before (metrics.json is written last)."""
+    import json
+
+    done = Path(cfg.paths.run_dir) / "metrics.json"
+    if done.is_file():
+        log.info("fold %d finished before: using %s", cfg.data.fold, done)
+        return json.loads(done.read_text())
+    log.info("fold %d of %d in %s", cfg.data.fold, cfg.data.folds, cfg.paths.run_dir)
+    return train_run(cfg)
+
+
+def summarise_folds(results: list[dict]) -> dict:
+    """Every fold's val/ and test/ metrics with their mean and sample std (ddof=1: the k
+    folds are a sample of the splits the data allows, not all of them)."""
+    import numpy as np
+
+    keys = sorted(k for k in results[0] if k.startswith(("val/", "test/")) and all(k in r for r in results))
+    values = {k: np.array([r[k] for r in results], dtype=float) for k in keys}
+    return {"folds": len(results), "fold_dirs": [FOLD_DIR.format(i) for i in range(len(results))],
+            "per_fold": [{k: r[k] for k in keys} for r in results],
+            "mean": {k: float(v.mean()) for k, v in values.items()},
+            "std": {k: float(v.std(ddof=1)) for k, v in values.items()}}
+
+
+def mean_metrics(results: list[dict]) -> dict:
+    """The mean over folds of every number all folds report; equal values (parameter counts) stay as they are."""
+    import numpy as np
+
+    numeric = [k for k, v in results[0].items()
+               if isinstance(v, int | float) and all(isinstance(r.get(k), int | float) for r in results)]
+    values = {k: [r[k] for r in results] for k in numeric}
+    return {k: v[0] if len(set(v)) == 1 else float(np.mean(v)) for k, v in values.items()} | {"folds": len(results)}
+
+
+def print_folds(summary: dict, run_dir: Path) -> None:
+    print(f"\n{summary['folds']}-fold cross-validation ({run_dir}): mean +/- std (fold values)")
+    for key, mean in summary["mean"].items():
+        values = ", ".join(f"{fold[key]:.4f}" for fold in summary["per_fold"])
+        print(f"{key}: {mean:.4f} +/- {summary['std'][key]:.4f} ({values})")
 
 
 def make_trainer(cfg: DictConfig):
@@ -118,13 +213,9 @@ def build(cfg: DictConfig, method=None):
 
     datamodule = instantiate(cfg.data)
     check_task(cfg.model, datamodule)
+    check_modality(cfg.model, datamodule)
     sized = {"num_classes": len(datamodule.class_names)} if task_of(datamodule) == "classification" else {}
     model = instantiate(cfg.model, **sized)
-    if model.modality != datamodule.modality:
-        raise LokalError(
-            f"model {cfg.model.name} reads {model.modality} but data gives {datamodule.modality}: "
-            f"pick a {datamodule.modality} model (e.g. model=minilm for text, model=efficientnet_lite0 for images)"
-        )
     datamodule.use_model(model)
     return datamodule, method.apply(model) if method is not None else model
 
@@ -149,6 +240,21 @@ def check_task(model_cfg: DictConfig, datamodule) -> None:
                          f"model {model_cfg.name} is a {model_task} model")
 
 
+def check_modality(model_cfg: DictConfig, datamodule) -> None:
+    """Text models read text, image models images: checked from the model's class, before its
+    weights load. No model reads audio yet (Whisper is issue 8)."""
+    from hydra.utils import get_class
+
+    reads = get_class(model_cfg._target_).modality
+    if datamodule.modality == "audio":
+        raise LokalError(f"data={data_choice(datamodule)} holds audio files: lokal cannot train on audio yet "
+                         "(Whisper support is issue 8); `lokal audit` and `lokal clean` work on it now")
+    if reads != datamodule.modality:
+        raise LokalError(
+            f"model {model_cfg.name} reads {reads} but data gives {datamodule.modality}: pick a "
+            f"{datamodule.modality} model (e.g. model=minilm for text, model=efficientnet_lite0 for images)")
+
+
 def data_choice(datamodule) -> str:
     """The data config's name when Hydra runs (e.g. indo_instruct), else the data module's class."""
     from hydra.core.hydra_config import HydraConfig
@@ -169,6 +275,9 @@ def load_run(run_dir: str | Path):
     from lokal.weights import ADAPTER_DIR, load_weights
 
     run_dir = Path(run_dir)
+    first_fold = run_dir / FOLD_DIR.format(0)
+    if first_fold.is_dir() and not (run_dir / "config.yaml").is_file():
+        raise LokalError(f"{run_dir} is a k-fold run with one model per fold: load one, e.g. {first_fold}")
     if not (run_dir / "config.yaml").is_file():
         raise LokalError(f"{run_dir} is not a lokal run directory (no config.yaml)")
     cfg = OmegaConf.load(run_dir / "config.yaml")
@@ -191,6 +300,14 @@ def parameter_counts(model) -> dict[str, int | float]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"trainable_params": trainable, "total_params": total,
             "trainable_percent": round(100 * trainable / total, 4)}
+
+
+def make_loss(cfg: DictConfig, datamodule):
+    """The configured loss with the training split's class counts: "balanced" weights follow
+    the data actually trained on (this fold's, after dedup), not the whole file."""
+    from hydra.utils import instantiate
+
+    return instantiate(cfg.loss)(class_counts=class_counts(datamodule))
 
 
 def class_counts(datamodule) -> list[int]:

@@ -11,7 +11,7 @@ import torch
 from torch.nn import functional as F
 
 from lokal import LokalError
-from lokal.data import balanced_sampler
+from lokal.data.base import balanced_sampler
 from lokal.losses import FocalLoss, class_weights, cross_entropy
 
 COUNTS = [90, 8, 2]

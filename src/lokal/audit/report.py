@@ -10,6 +10,8 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
+from lokal.markup import md_cell, page_head
+
 ROWS = 50
 IDS = 6  # ids shown per cell; the rest are counted
 
@@ -169,7 +171,7 @@ def to_markdown(audit: dict) -> str:
         lines += ["", f"## {t.title} ({t.total})", "", t.note, ""]
         if t.rows:
             lines += ["| " + " | ".join(t.columns) + " |", "|" + "---|" * len(t.columns)]
-            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.rows]
+            lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in t.rows]
             if t.total > len(t.rows):
                 lines += ["", f"... and {t.total - len(t.rows)} more in audit.json"]
         else:
@@ -178,22 +180,14 @@ def to_markdown(audit: dict) -> str:
     return "\n".join(lines)
 
 
-def _md_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
-h1{font-size:1.5em}h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;width:100%;font-size:.9em}td,th{border:1px solid #ddd;padding:4px 8px;
-text-align:left;vertical-align:top}th{background:#f4f4f4}.note{color:#555}.zero{color:#2a7a2a}
+CSS = """.zero{color:#2a7a2a}
 .found{color:#b03a2e;font-weight:600}"""
 
 
 def to_html(audit: dict) -> str:
     """One file, inline CSS, no scripts or external assets: it opens anywhere, offline."""
     esc = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>lokal audit</title><style>{CSS}</style>"
-             f"</head><body><h1>lokal audit: {esc(str(audit.get('source', '')))}</h1><table>"
+    parts = [page_head(f"lokal audit: {audit.get('source', '')}", CSS) + "<table>"
              "<tr><th>finding</th><th>count</th></tr>"]
     parts[0] = parts[0].replace("<table>", "".join(f"<p class='note'>note: {esc(n)}</p>"
                                                    for n in audit.get("notes", [])) + "<table>", 1)

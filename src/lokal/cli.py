@@ -185,19 +185,111 @@ def _print_clean(summary: dict, source) -> None:
     print(f"cleaned copy: {summary['written']}; manifest: {Path(summary['out']) / 'manifest.json'} (and .csv)")
 
 
-USAGE = """usage: lokal {train,adapters,export,audit,clean} ...
+def predict_main(argv: list[str]) -> None:
+    """`lokal predict RUN_DIR INPUTS...`: a finished run's model on new files, as a CSV."""
+    parser = argparse.ArgumentParser(
+        prog="lokal predict",
+        description="Predict with a finished run (RUN_DIR, RUN_DIR/adapter, or a `lokal export` folder) on image "
+                    "files, folders of images (recursively), .txt files (one text per line) and CSV/TSV/JSONL/"
+                    "Parquet tables (a text column for text models, a column of image paths for image models). "
+                    "Writes one CSV row per input: id, predicted, confidence, prob/<class>.")
+    parser.add_argument("source", type=Path, metavar="RUN_DIR_OR_ADAPTER")
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="files, folders or tables")
+    parser.add_argument("--out", type=Path, help="the CSV to write (default: outputs/predict/RUN-TIMESTAMP.csv)")
+    parser.add_argument("--batch-size", type=int, default=32, help="inputs per forward pass (default: 32)")
+    parser.add_argument("--text-column", default="text", help="tables, text models: the text column (default: text)")
+    parser.add_argument("--file-column", default="file",
+                        help="tables, image models: the column of image paths, relative to the table's folder "
+                             "(default: file, else path)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (default: stop)")
+    args = parser.parse_args(argv)
+    import time
+
+    from lokal.predict import collect_inputs, load_predictor, print_predictions, probabilities, to_frame
+    from lokal.predict import write_predictions as write_csv
+
+    predictor = load_predictor(args.source)
+    ids, items = collect_inputs(args.inputs, predictor, args.text_column, args.file_column)
+    frame = to_frame(ids, probabilities(predictor, items, args.batch_size, args.device, args.skip_bad),
+                     predictor.class_names)
+    name = Path(predictor.source).resolve().name
+    out = args.out or Path("outputs", "predict", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.csv")
+    print_predictions(frame, len(ids), write_csv(frame, out))
+
+
+def compare_main(argv: list[str]) -> None:
+    """`lokal compare PATHS...`: one table and a Pareto plot across runs."""
+    parser = argparse.ArgumentParser(
+        prog="lokal compare",
+        description="Compare finished runs (run directories, or folders holding them such as "
+                    "outputs/multirun/DATE/): the metric, trainable parameters, peak memory and train time from "
+                    "each run's metrics.json, sorted by the metric, Pareto front marked. Writes compare.md, a "
+                    "self-contained compare.html, compare.png and compare.json.")
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    parser.add_argument("--metric", default="test/accuracy", help="a metrics.json key (default: test/accuracy)")
+    parser.add_argument("--lower-is-better", action=argparse.BooleanOptionalAction, default=None,
+                        help="the metric's direction (default: from its name: loss, perplexity, ece, wer, cer "
+                             "and error are lower-is-better)")
+    parser.add_argument("--out", type=Path, help="report folder (default: outputs/compare/NAME-TIMESTAMP)")
+    args = parser.parse_args(argv)
+    import time
+
+    from lokal.compare import compare, lower_is_better, print_table, write_reports
+
+    lower = lower_is_better(args.metric) if args.lower_is_better is None else args.lower_is_better
+    rows = compare(args.paths, args.metric, lower)
+    name = args.paths[0].resolve().name
+    out = args.out or Path("outputs", "compare", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    print_table(rows, args.metric, write_reports(rows, args.metric, out, lower))
+
+
+def report_main(argv: list[str]) -> None:
+    """`lokal report SWEEP_DIR [--wandb]`: the sweep as one HTML file, and as a W&B Report online."""
+    parser = argparse.ArgumentParser(
+        prog="lokal report",
+        description="Report a sweep (a multirun folder, or any folder of finished runs): the run table "
+                    "(metrics.json, config.yaml, the overrides that differ), validation accuracy by step, a test "
+                    "metric against trainable parameters, and every run's plots, as one self-contained HTML file. "
+                    "With --wandb, also a shareable W&B Report of the same runs (needs a network and `wandb login`; "
+                    "the runs trained with logger=wandb and uploaded with `wandb sync`).")
+    parser.add_argument("sweep", type=Path, metavar="SWEEP_DIR")
+    parser.add_argument("--out", type=Path, help="the HTML file (default: SWEEP_DIR/report.html)")
+    parser.add_argument("--title", help="the report's title (default: lokal sweep: SWEEP_DIR's name)")
+    parser.add_argument("--metric", default="test/accuracy", help="plotted against trainable parameters "
+                        "(default: test/accuracy)")
+    parser.add_argument("--wandb", action="store_true", help="also build and save a W&B Report")
+    parser.add_argument("--entity", help="W&B user or team (default: the runs' logger.wandb.entity, else your own)")
+    parser.add_argument("--project", help="W&B project (default: the runs' logger.wandb.project, else lokal)")
+    args = parser.parse_args(argv)
+    from lokal.sweep_report import write_html_report
+
+    html = write_html_report(args.sweep, args.out, args.title, args.metric)
+    print(f"HTML report: {html}")
+    if args.wandb:
+        from lokal.wandb_report import publish_report
+
+        print(f"W&B Report: {publish_report(args.sweep, html, args.entity, args.project, args.title)}")
+
+
+USAGE = """usage: lokal {train,adapters,export,audit,clean,predict,compare,report} ...
   lokal train method=bitfit data=medical_xray data.root=DIR   (Hydra overrides, as train.py)
   lokal adapters RUN_DIR RUN_DIR... [--out report.md]          (domain x adapter matrix)
   lokal export RUN_DIR OUT_DIR                                 (merged standalone model)
   lokal audit data=NAME [overrides] | PATH [--out DIR]         (duplicates, leakage, labels, PII report)
-  lokal clean data=NAME [overrides] | PATH --out DIR           (cleaned copy + manifest)"""
+  lokal clean data=NAME [overrides] | PATH --out DIR           (cleaned copy + manifest)
+  lokal predict RUN_DIR INPUT... [--out preds.csv]             (files, folders, tables -> CSV of probabilities)
+  lokal compare outputs/multirun/DATE RUN_DIR... [--out DIR]   (table + Pareto plot across runs, .md/.html)
+  lokal report outputs/multirun/DATE [--wandb] [--out F]       (one HTML file; a W&B Report with --wandb)"""
 
 
 def main() -> None:
     """Console script `lokal`: `lokal train [overrides]`, `lokal adapters ...`, `lokal export ...`,
     `lokal audit ...`, `lokal clean ...`."""
     commands: dict[str, Callable[[list[str]], None]] = {"adapters": adapters_main, "export": export_main,
-                                                        "audit": audit_main, "clean": clean_main}
+                                                        "audit": audit_main, "clean": clean_main,
+                                                        "predict": predict_main, "compare": compare_main,
+                                                        "report": report_main}
     if len(sys.argv) >= 2 and sys.argv[1] == "train":
         sys.argv.pop(1)
         hydra_main()

@@ -9,7 +9,8 @@ from hydra.utils import instantiate
 
 from tests.conftest import CONF, compose
 
-GROUPS = ["method", "optimizer", "scheduler", "logger", "callbacks", "trainer", "data", "model", "experiment"]
+GROUPS = ["method", "optimizer", "scheduler", "logger", "callbacks", "trainer", "data", "model", "experiment",
+          "evaluation"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
 
 

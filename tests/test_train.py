@@ -38,7 +38,7 @@ def check_run_dir(run_dir, metrics) -> dict:
     with open(run_dir / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert any(r.get("train/loss") for r in rows) and any(r.get("val/accuracy") for r in rows)
-    with Image.open(run_dir / "confusion_matrix.png") as image:
+    with Image.open(run_dir / "plots" / "confusion_matrix.png") as image:
         assert image.format == "PNG" and image.width > 100
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     return saved

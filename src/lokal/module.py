@@ -12,12 +12,16 @@ from torch import nn
 
 
 def classification_metrics(num_classes: int, prefix: str):
+    """The metrics logged while training (val/) and by `trainer.test`; the run's final test
+    metrics come from its predictions (lokal.evaluation.classification_report)."""
     from torchmetrics import MetricCollection
     from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
 
     return MetricCollection(
         {
             "accuracy": MulticlassAccuracy(num_classes, average="micro"),
+            # mean recall per class: what a majority-class guess cannot inflate on imbalanced data
+            "balanced_accuracy": MulticlassAccuracy(num_classes, average="macro"),
             "f1_macro": MulticlassF1Score(num_classes, average="macro"),
             "auroc": MulticlassAUROC(num_classes, average="macro"),  # one-vs-rest; equals binary AUROC for 2 classes
         },
@@ -103,12 +107,9 @@ class LokalModule(FinetuneModule):
         method=None,
     ) -> None:
         super().__init__(model, optimizer, scheduler, method)
-        from torchmetrics.classification import MulticlassConfusionMatrix
-
         self.loss = nn.CrossEntropyLoss() if loss is None else loss
         self.val_metrics = classification_metrics(num_classes, "val/")
         self.test_metrics = classification_metrics(num_classes, "test/")
-        self.test_confusion = MulticlassConfusionMatrix(num_classes)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """`label` is (B,) class ids, or (B, C) soft targets when the data module mixes
@@ -118,7 +119,7 @@ class LokalModule(FinetuneModule):
         return loss + self.method_penalty()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        logits = self(batch)
+        logits = self(batch).float()  # bf16 probabilities tie often: scores (and predictions.csv) use fp32
         # plain cross-entropy, whatever the training loss: val/loss stays comparable across runs
         self.log("val/loss", nn.functional.cross_entropy(logits, batch["label"]), prog_bar=True, batch_size=len(logits))
         self.val_metrics.update(logits.softmax(-1), batch["label"])
@@ -128,9 +129,7 @@ class LokalModule(FinetuneModule):
         self.val_metrics.reset()
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        probs = self(batch).softmax(-1)
-        self.test_metrics.update(probs, batch["label"])
-        self.test_confusion.update(probs, batch["label"])
+        self.test_metrics.update(self(batch).float().softmax(-1), batch["label"])
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute())

@@ -29,6 +29,7 @@ def train_run(cfg: DictConfig) -> dict:
     import lightning as L
     from hydra.utils import instantiate
 
+    from lokal.evaluation import check_subgroups, evaluation_settings
     from lokal.module import LokalModule
     from lokal.system import tune_malloc
 
@@ -38,9 +39,12 @@ def train_run(cfg: DictConfig) -> dict:
     tune_malloc()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     method = instantiate(cfg.method)
+    settings = evaluation_settings(cfg)  # before training: a misspelled evaluation key fails now
     datamodule, model = build(cfg, method)
+    base = forgetting_base(model, settings)
     if task_of(datamodule) == "causal_lm":
-        return train_lm(cfg, datamodule, model, method)
+        return train_lm(cfg, datamodule, model, method, settings, base)
+    check_subgroups(settings.subgroups, datamodule)
     module = LokalModule(
         model,
         num_classes=len(datamodule.class_names),
@@ -56,12 +60,47 @@ def train_run(cfg: DictConfig) -> dict:
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(run_dir))
     train_time = round(time.perf_counter() - start, 2)
     metrics = evaluate(trainer, module, datamodule) | {"train_time_s": train_time}
+    metrics |= measure_forgetting(base, module.model, settings)
     if trainer.is_global_zero:
-        write_outputs(module, datamodule, metrics, run_dir)
+        predictions = predict_test(trainer, module, datamodule)
+        metrics = write_outputs(module, datamodule, metrics, run_dir, predictions, settings)
+        share_run(trainer, run_dir, metrics, datamodule, predictions, settings)
     return metrics
 
 
-def train_lm(cfg: DictConfig, datamodule, model, method) -> dict:
+def forgetting_base(model, settings):
+    """The base the forgetting meter compares against, taken before training (None for PEFT
+    models without BatchNorm: their adapters disabled are the base)."""
+    if not settings.forgetting:
+        return None
+    from lokal.forgetting import base_copy
+
+    return base_copy(model)
+
+
+def measure_forgetting(base, tuned, settings) -> dict:
+    """forgetting/* metrics (linear CKA on a general reference set; perplexity for causal LMs)
+    with the best checkpoint loaded, when evaluation.forgetting is on."""
+    if not settings.forgetting:
+        return {}
+    from lokal.forgetting import forgetting_report, summary_line
+
+    report = forgetting_report(base, tuned, settings.forgetting_reference)
+    log.info(summary_line(report))
+    return report
+
+
+def share_run(trainer, run_dir: Path, metrics: dict, datamodule=None, predictions=None, settings=None) -> None:
+    """Plots, predictions and the adapter into the run's W&B run when logger=wandb (a no-op
+    otherwise); raw texts and thumbnails only with evaluation.log_texts."""
+    from lokal.wandb_report import log_run_to_wandb
+
+    log_texts = bool(settings and settings.log_texts)
+    log_run_to_wandb(trainer.loggers, run_dir, metrics, datamodule.class_names if datamodule else None, predictions,
+                     records=datamodule.records() if log_texts else None, log_texts=log_texts)
+
+
+def train_lm(cfg: DictConfig, datamodule, model, method, settings, base=None) -> dict:
     """Causal-LM instruction fine-tuning (lokal.lm): the same trainer, plus the base model's
     test perplexity and answers measured first, so the run shows what training changed."""
     from hydra.utils import instantiate
@@ -79,8 +118,10 @@ def train_lm(cfg: DictConfig, datamodule, model, method) -> dict:
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(run_dir))
     train_time = round(time.perf_counter() - start, 2)
     metrics = lm.evaluate(trainer, module, datamodule) | before.metrics | {"train_time_s": train_time}
+    metrics |= measure_forgetting(base, module.model, settings)
     if trainer.is_global_zero:
         lm.write_outputs(module, datamodule, metrics, run_dir, before)
+        share_run(trainer, run_dir, metrics)
     return metrics
 
 
@@ -197,14 +238,54 @@ def evaluate(trainer, module, datamodule) -> dict:
     return metrics
 
 
-def write_outputs(module, datamodule, metrics: dict, run_dir: Path) -> None:
-    from lokal.report import print_summary, save_confusion_matrix
+def predict_test(trainer, module, datamodule):
+    """The test split's predictions (Contract A) by the weights `trainer.test` just scored (the
+    best checkpoint, which it loaded into `module`), on the trainer's device and precision."""
+    from lokal.evaluation import predict_split
+
+    return predict_split(module, datamodule, "test", trainer.strategy.root_device,
+                         trainer.precision_plugin.forward_context())
+
+
+def subgroup_metrics(predictions, settings, run_dir: Path) -> dict:
+    """The fairness report (lokal.fairness): subgroups.json and subgroups.md, gaps above
+    `evaluation.gap_warning` logged as warnings, flat `subgroup/<column>/max_gap/<metric>` keys."""
+    from lokal.fairness import subgroup_report, write_subgroup_report
+
+    report = subgroup_report(predictions, settings.subgroups, settings.gap_warning)
+    write_subgroup_report(report, run_dir)
+    for line in report["warnings"]:
+        log.warning("subgroup gap: %s", line)
+    for line in report["notes"]:
+        log.info("subgroup note: %s", line)
+    return report["metrics"]
+
+
+def write_outputs(module, datamodule, metrics: dict, run_dir: Path, predictions, settings) -> dict:
+    """Weights and predictions.csv first (nothing after training can lose them), then the test
+    metrics from the predictions (they replace the `trainer.test` ones of the same name), the
+    subgroup report, confusion_matrix.csv, plots/, metrics.json, the summary. Returns the metrics."""
+    from lokal.evaluation import classification_report, confusion_counts, save_plots, write_predictions
+    from lokal.predict import write_classes
+    from lokal.report import print_summary
     from lokal.weights import save_weights
 
     save_weights(module.model, run_dir)
-    save_confusion_matrix(module.test_confusion.compute(), datamodule.class_names, run_dir / "confusion_matrix.png")
+    write_classes(run_dir, datamodule.class_names)  # `lokal predict` then needs no training data
+    write_predictions(predictions, run_dir / "predictions.csv")
+    metrics = metrics | classification_report(predictions, datamodule.class_names)
+    if settings.subgroups:
+        metrics |= subgroup_metrics(predictions, settings, run_dir)
+    counts = confusion_counts(predictions, datamodule.class_names)
+    write_text(run_dir / "confusion_matrix.csv", counts.to_csv())
+    if settings.plots:
+        try:
+            save_plots(run_dir, predictions, datamodule.class_names)
+        except Exception as err:  # a plot must never cost a finished run its metrics.json
+            log.warning("plots not written (%s: %s); metrics and predictions are", type(err).__name__, err)
     write_json(run_dir / "metrics.json", metrics)  # last: its presence marks a finished run
     print_summary(metrics, run_dir)
+    return metrics
 
 
 def build(cfg: DictConfig, method=None):

@@ -93,7 +93,8 @@ class TextCollate:
         else:
             features = [{k: r[k] for k in ("input_ids", "attention_mask")} for r in rows]
         batch = self.tokenizer.pad(features, return_tensors="pt")
-        return {**batch, "label": torch.tensor([r["label"] for r in rows])}
+        index = {"index": torch.tensor([r["index"] for r in rows])} if "index" in rows[0] else {}
+        return {**batch, "label": torch.tensor([r["label"] for r in rows])} | index
 
 
 def batch_rng() -> random.Random:

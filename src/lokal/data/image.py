@@ -216,7 +216,7 @@ class ImageDataset(Dataset):
             image = self.cache.load(path) if self.cache else load_rgb(path)  # any mode, as 8-bit RGB
         except (OSError, UnidentifiedImageError) as err:
             raise LokalError(f"{path}: not a readable image ({err}); remove or replace the file") from err
-        return {"image": self.transform(image), "label": label}
+        return {"image": self.transform(image), "label": label, "index": i}  # index: the item's place in its split
 
 
 def _check_root(root: str | None) -> Path:

@@ -197,8 +197,9 @@ class TextDataModule(SplitDataModule):
         source = f"{file_identity(self.path)}|{self.table}" if self.cache_dir else ""
         rows = encode_texts(self.tokenizer, texts, self.max_length, self.cache_dir, source)
         keep = train and self.augment is not None
-        return [row | {"label": y} | ({"text": text} if keep else {})
-                for row, text, y in zip(rows, texts, frame["_y"], strict=True)]
+        # "index": the row's place in its split, so predictions from length-sorted batches can be put back in order
+        return [row | {"label": y, "index": i} | ({"text": text} if keep else {})
+                for i, (row, text, y) in enumerate(zip(rows, texts, frame["_y"], strict=True))]
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         """Batches of similar length: padding a 40-token batch to its one 128-token text

@@ -131,8 +131,6 @@ def audit_main(argv: list[str]) -> None:
     parser.add_argument("--label-errors", action=argparse.BooleanOptionalAction, default=True,
                         help="look for likely label errors with a 5-fold model (default: on)")
     args = parser.parse_args(argv)
-    import time
-
     from lokal.audit import analyse
     from lokal.audit.core import report
     from lokal.audit.report import print_table, write_reports
@@ -140,7 +138,7 @@ def audit_main(argv: list[str]) -> None:
     source, described = _load_source(args)
     audit = report(analyse(source.records, source.modality, _settings(args, args.label_errors)))
     audit["source"], audit["notes"] = described, source.notes
-    out = args.out or Path("outputs", "audit", f"{source.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = args.out or default_out("audit", source.name)
     print_table(audit, write_reports(audit, out))
 
 
@@ -185,6 +183,13 @@ def _print_clean(summary: dict, source) -> None:
     print(f"cleaned copy: {summary['written']}; manifest: {Path(summary['out']) / 'manifest.json'} (and .csv)")
 
 
+def default_out(command: str, name: str, suffix: str = "") -> Path:
+    """outputs/COMMAND/NAME-TIMESTAMP: a new place each time, never over an earlier report."""
+    import time
+
+    return Path("outputs", command, f"{name}-{time.strftime('%Y%m%d-%H%M%S')}{suffix}")
+
+
 def predict_main(argv: list[str]) -> None:
     """`lokal predict RUN_DIR INPUTS...`: a finished run's model on new files, as a CSV."""
     parser = argparse.ArgumentParser(
@@ -204,8 +209,6 @@ def predict_main(argv: list[str]) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (default: stop)")
     args = parser.parse_args(argv)
-    import time
-
     from lokal.predict import collect_inputs, load_predictor, print_predictions, probabilities, to_frame
     from lokal.predict import write_predictions as write_csv
 
@@ -214,7 +217,7 @@ def predict_main(argv: list[str]) -> None:
     frame = to_frame(ids, probabilities(predictor, items, args.batch_size, args.device, args.skip_bad),
                      predictor.class_names)
     name = Path(predictor.source).resolve().name
-    out = args.out or Path("outputs", "predict", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.csv")
+    out = args.out or default_out("predict", name, ".csv")
     print_predictions(frame, len(ids), write_csv(frame, out))
 
 
@@ -233,14 +236,12 @@ def compare_main(argv: list[str]) -> None:
                              "and error are lower-is-better)")
     parser.add_argument("--out", type=Path, help="report folder (default: outputs/compare/NAME-TIMESTAMP)")
     args = parser.parse_args(argv)
-    import time
-
     from lokal.compare import compare, lower_is_better, print_table, write_reports
 
     lower = lower_is_better(args.metric) if args.lower_is_better is None else args.lower_is_better
     rows = compare(args.paths, args.metric, lower)
     name = args.paths[0].resolve().name
-    out = args.out or Path("outputs", "compare", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = args.out or default_out("compare", name)
     print_table(rows, args.metric, write_reports(rows, args.metric, out, lower))
 
 
@@ -284,8 +285,8 @@ USAGE = """usage: lokal {train,adapters,export,audit,clean,predict,compare,repor
 
 
 def main() -> None:
-    """Console script `lokal`: `lokal train [overrides]`, `lokal adapters ...`, `lokal export ...`,
-    `lokal audit ...`, `lokal clean ...`."""
+    """Console script `lokal`: `lokal train [overrides]` runs the Hydra app; every other
+    command (USAGE) works on data or on finished run directories."""
     commands: dict[str, Callable[[list[str]], None]] = {"adapters": adapters_main, "export": export_main,
                                                         "audit": audit_main, "clean": clean_main,
                                                         "predict": predict_main, "compare": compare_main,

@@ -207,7 +207,7 @@ def sweep(tmp_path) -> Path:
                                                          ("2_indo_minilm_lora/fold_1", 0.8, 100, "f1bbbb")]):
         finished_run(root / name, acc, params, job)
         (root / name / "wandb" / f"offline-run-20261126_10000{job}-{wandb_id}").mkdir(parents=True)
-    kfold = root / "2_indo_minilm_lora"  # as run.cross_validate leaves it: the means, cv.json, no config.yaml
+    kfold = root / "2_indo_minilm_lora"  # as lokal.crossval leaves it: the means, cv.json, no config.yaml
     (kfold / "metrics.json").write_text(json.dumps({"test/accuracy": 0.75, "trainable_params": 100, "folds": 2}))
     (kfold / "cv.json").write_text("{}")
     (kfold / ".hydra").mkdir()

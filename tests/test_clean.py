@@ -15,6 +15,7 @@ from lokal import LokalError
 from lokal.audit import analyse, run_audit
 from lokal.audit.clean import plan, write_clean
 from lokal.audit.source import from_path
+from lokal.data import tables
 from tests.test_audit import NIK, planted_images, planted_texts, run_cli, topic_texts
 
 
@@ -25,19 +26,12 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 
 def write_table(table: pd.DataFrame, path: Path) -> Path:
-    suffix = path.suffix
-    if suffix == ".csv":
-        table.to_csv(path, index=False)
-    elif suffix == ".tsv":
-        table.to_csv(path, sep="\t", index=False)
-    elif suffix == ".jsonl":
-        table.to_json(path, orient="records", lines=True, force_ascii=False)
-    elif suffix == ".parquet":
-        table.to_parquet(path, index=False)
-    else:
+    """lokal's own writer for the table formats; SQLite (which lokal only reads) by hand."""
+    if path.suffix in (".db", ".sqlite"):
         with sqlite3.connect(path) as conn:
             table.to_sql("reviews", conn, index=False)
-    return path
+        return path
+    return tables.write_table(table, path)
 
 
 def clean(source_path: Path, out: Path, *extra: str) -> dict:

@@ -164,16 +164,9 @@ def _write_table(table: pd.DataFrame, source: Source, tmp: Path) -> Path:
     if suffix in (".db", ".sqlite"):
         suffix = ".parquet"
     stem = source.table if suffix != source.path.suffix.lower() and source.table else source.path.stem
-    target = tmp / f"{stem}{suffix}"
-    if suffix == ".csv":
-        table.to_csv(target, index=False)
-    elif suffix == ".tsv":
-        table.to_csv(target, sep="\t", index=False)
-    elif suffix == ".jsonl":
-        table.to_json(target, orient="records", lines=True, force_ascii=False)
-    else:
-        table.to_parquet(target, index=False)
-    return target
+    from lokal.data.tables import write_table
+
+    return write_table(table, tmp / f"{stem}{suffix}")
 
 
 def _write_manifest(source: Source, a: Analysis, manifest: pd.DataFrame, written: Path, tmp: Path,

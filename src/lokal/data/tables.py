@@ -39,6 +39,22 @@ def read_table(path: str | None, table: str | None = None, encoding: str = "utf-
         raise LokalError(f"{path}: cannot be read as {kind} ({err}); check its format and encoding (UTF-8)") from err
 
 
+def write_table(frame: pd.DataFrame, path: Path) -> Path:
+    """The counterpart of read_table, by suffix: CSV, TSV, JSONL (UTF-8, not ASCII-escaped) or Parquet."""
+    kind = READERS.get(Path(path).suffix.lower())
+    if kind == "csv":
+        frame.to_csv(path, index=False)
+    elif kind == "tsv":
+        frame.to_csv(path, sep="\t", index=False)
+    elif kind == "jsonl":
+        frame.to_json(path, orient="records", lines=True, force_ascii=False)
+    elif kind == "parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        raise LokalError(f"{path}: cannot write {Path(path).suffix!r} tables; use .csv, .tsv, .jsonl or .parquet")
+    return Path(path)
+
+
 def _read_sqlite(file: Path, table: str | None) -> pd.DataFrame:
     import sqlite3
 

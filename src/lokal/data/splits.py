@@ -34,18 +34,34 @@ def stratified_split(
     held_out = val_fraction + test_fraction
     if held_out == 0:
         return {"train": index, "val": index[:0], "test": index[:0]}
+    classes = len(set(labels.tolist()))
+    held_splits = (val_fraction > 0) + (test_fraction > 0)
     try:
-        train, rest = train_test_split(index, test_size=held_out, stratify=labels, random_state=seed)
+        size = _stratifiable(held_out, len(index), classes, held_splits)
+        train, rest = train_test_split(index, test_size=size, stratify=labels, random_state=seed)
         if val_fraction == 0 or test_fraction == 0:
             key = "test" if val_fraction == 0 else "val"
             return {"train": train, "val": rest[:0], "test": rest[:0]} | {key: rest}
-        val, test = train_test_split(
-            rest, test_size=test_fraction / held_out, stratify=labels[rest], random_state=seed
-        )
+        size = _stratifiable(test_fraction / held_out, len(rest), classes)
+        val, test = train_test_split(rest, test_size=size, stratify=labels[rest], random_state=seed)
     except ValueError as err:  # sklearn: too few rows for a stratified split of this size
         raise LokalError(f"{where}: cannot split {len(labels)} rows stratified by label ({err}); "
-                         "add data or lower data.val_fraction / data.test_fraction") from err
+                         "add data or change data.val_fraction / data.test_fraction") from err
     return {"train": train, "val": val, "test": test}
+
+
+def _stratifiable(fraction: float, rows: int, classes: int, held_splits: int = 1) -> float | int:
+    """The held-out size for sklearn: `fraction` as it is, unless its rows (sklearn rounds up)
+    could not hold every class in each held-out split, or leave every class in the rest; then
+    the nearest row count that can. Small data gets a val/test split with each class instead
+    of an error; every split that worked before is unchanged."""
+    import math
+
+    low, high = classes * held_splits, rows - classes
+    wanted = math.ceil(fraction * rows)
+    if low <= wanted <= high or low > high:  # fine as asked, or impossible: sklearn says why
+        return fraction
+    return min(max(wanted, low), high)
 
 
 def check_fractions(val_fraction: float, test_fraction: float) -> None:

@@ -89,12 +89,12 @@ def test_text_augmentation_changes_training_batches_only(reviews, tokenizer_mode
     for split in ("val", "test"):
         loader = getattr(plain, f"{split}_dataloader")()
         assert all(map(torch.equal, batches(loader), batches(getattr(augmented, f"{split}_dataloader")())))
-    torch.manual_seed(0)
-    first, second = batches(augmented.train_dataloader()), batches(augmented.train_dataloader())
-    torch.manual_seed(0)
-    assert all(map(torch.equal, first, batches(augmented.train_dataloader())))  # fixed by seed
-    assert not all(map(torch.equal, first, second))  # fresh every epoch
-    torch.manual_seed(0)
+    loader = augmented.train_dataloader()
+    first = batches(loader)
+    torch.manual_seed(123)  # the global RNG plays no part: the seed and the sample's position decide
+    assert all(map(torch.equal, first, batches(augmented.train_dataloader())))
+    loader.sampler.set_epoch(1)
+    assert not all(map(torch.equal, first, batches(loader)))  # fresh every epoch
     assert not all(map(torch.equal, first, batches(plain.train_dataloader())))
 
 
@@ -197,15 +197,15 @@ def test_a_mixup_training_step_learns_and_leaves_validation_alone(xray_dir, tmp_
     data.use_model(model)
     module = LokalModule(model, 2, optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3))
     record = recorder()
-    trainer = L.Trainer(accelerator="cpu", max_epochs=6, logger=False, enable_checkpointing=False,
+    trainer = L.Trainer(accelerator="cpu", max_epochs=10, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         callbacks=[record])
     trainer.fit(module, datamodule=data)
 
     losses = torch.stack(record.losses)
-    assert torch.isfinite(losses).all() and len(losses) == 18
+    assert torch.isfinite(losses).all() and len(losses) == 30
     assert set(record.label_shapes) == {(8, 2)}  # soft labels in every training batch
-    assert losses[-6:].mean() < losses[:6].mean()
+    assert losses[-9:].mean() < losses[:9].mean()
     expected = next(iter(data.val_dataloader()))
     seen = record.val_batches[0]
     assert seen["label"].ndim == 1 and torch.equal(seen["label"], expected["label"])

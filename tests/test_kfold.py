@@ -77,11 +77,13 @@ def fold_records(run_dir, fold: int):
 
 
 def test_a_killed_kfold_run_skips_finished_folds_and_resumes_the_current_one(run_dir, corpus_csv, tiny_text_models):
-    train(compose(overrides(corpus_csv, tiny_text_models), run_dir))
+    checkpoint_every_step = ["callbacks.last_checkpoint.every_n_train_steps=1"]
+    train(compose(overrides(corpus_csv, tiny_text_models) + checkpoint_every_step, run_dir))
     finished = [(run_dir / f"fold_{i}" / "metrics.json").stat().st_mtime_ns for i in range(2)]
-    (run_dir / "fold_2" / "metrics.json").unlink()  # killed after fold 2's checkpoint, before its metrics
+    for unfinished in ("fold_2/metrics.json", "metrics.json", "cv.json"):  # killed in fold 2, after its checkpoint
+        (run_dir / unfinished).unlink()
 
-    metrics = train(compose(overrides(corpus_csv, tiny_text_models, epochs=2), run_dir))
+    metrics = train(compose(overrides(corpus_csv, tiny_text_models, epochs=2) + checkpoint_every_step, run_dir))
     assert [(run_dir / f"fold_{i}" / "metrics.json").stat().st_mtime_ns for i in range(2)] == finished
     folds = fold_metrics(run_dir)
     assert [(f["epochs"], f["steps"]) for f in folds] == [(1, 3), (1, 3), (2, 6)]  # fold 2 continued

@@ -92,14 +92,3 @@ def test_flat_class_folders_are_split_stratified_by_seed(run_dir, tmp_path):
     saved = check_run_dir(run_dir, train(cfg))
     assert (saved["data/train_rows"], saved["data/val_rows"], saved["data/test_rows"]) == (19, 4, 7)
     assert (run_dir / "adapter" / "buffers.safetensors").is_file()  # BatchNorm stats travel with the adapter
-
-
-def test_a_run_started_again_in_its_folder_resumes_from_the_last_checkpoint(run_dir):
-    overrides = FAST + ["data.batch_size=16", "model.max_length=32"]
-    first = train(compose(overrides + ["trainer.max_epochs=1"], run_dir))
-    assert first["steps"] == 3
-    resumed = train(compose(overrides + ["trainer.max_epochs=2"], run_dir))
-    assert (resumed["epochs"], resumed["steps"]) == (2, 6)  # continued, not restarted
-    with open(run_dir / "metrics.csv") as f:
-        steps = {int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")}
-    assert steps == set(range(6))  # the history of both parts is kept

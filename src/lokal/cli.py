@@ -13,11 +13,13 @@ import hydra
 from omegaconf import DictConfig
 
 from lokal import LokalError
+from lokal.rundir import register_resolvers
 from lokal.shipped import register_resolver
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 register_resolver()
+register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

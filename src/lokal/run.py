@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lokal import LokalError
 from lokal.io import write_json, write_text
+from lokal.rundir import resume_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -18,12 +19,23 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> dict:
     """Fine-tune as configured; returns the metrics also written to `metrics.json`.
 
-    With `data.folds=k` (k >= 2): one run per fold and their mean (`cross_validate`)."""
-    if cfg.data.get("folds"):  # 0 / absent: one train/val/test split
-        from lokal.crossval import cross_validate
+    With `data.folds=k` (k >= 2): one run per fold and their mean (`cross_validate`). A run
+    folder that finished before (it has metrics.json) is not trained again: its metrics are
+    returned, so a sweep started again skips its finished runs."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-        return cross_validate(cfg)
-    return train_run(cfg)
+    from lokal.rundir import finished_metrics, is_finished, run_lock
+
+    run_dir = Path(cfg.paths.run_dir)
+    if is_finished(run_dir):
+        log.warning("%s finished before: returning its metrics.json (a new folder trains anew)", run_dir)
+        return finished_metrics(run_dir)
+    with run_lock(run_dir, is_main=rank_zero_only.rank == 0):
+        if cfg.data.get("folds"):  # 0 / absent: one train/val/test split
+            from lokal.crossval import cross_validate
+
+            return cross_validate(cfg)
+        return train_run(cfg)
 
 
 def train_run(cfg: DictConfig) -> dict:
@@ -128,13 +140,39 @@ def train_lm(cfg: DictConfig, datamodule, model, method, settings, base=None) ->
 
 
 def make_trainer(cfg: DictConfig):
+    """The configured Trainer, plus what resuming needs: checkpoints written atomically, Slurm's
+    SIGUSR1 left to lokal.preemption.Requeue (Lightning's own auto-requeue saves mid-step), and a
+    resumed run logging to its W&B run of before."""
     from hydra.utils import instantiate
 
+    run_dir = Path(cfg.paths.run_dir)
+    resuming = resume_checkpoint(run_dir) is not None
     return instantiate(
         cfg.trainer,
-        logger=[instantiate(c) for c in cfg.logger.values()],
+        logger=[instantiate(c, **wandb_resume(c, run_dir) if resuming else {}) for c in cfg.logger.values()],
         callbacks=[instantiate(c) for c in cfg.callbacks.values()],
+        plugins=trainer_plugins(cfg.trainer),
     )
+
+
+def trainer_plugins(trainer_cfg: DictConfig) -> list:
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    from lokal.resume import AtomicCheckpointIO
+
+    strategy = str(trainer_cfg.get("strategy", ""))
+    plugins = [] if ("fsdp" in strategy or "deepspeed" in strategy) else [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return plugins
+
+
+def wandb_resume(logger_cfg: DictConfig, run_dir: Path) -> dict:
+    """Keep the W&B run id of the interrupted run (its folder name under run_dir/wandb/ ends with it)."""
+    if not str(logger_cfg.get("_target_", "")).endswith("WandbLogger") or logger_cfg.get("id"):
+        return {}
+    runs = sorted((run_dir / "wandb").glob("*run-*-*"), key=lambda p: p.stat().st_mtime)
+    return {"id": runs[-1].name.rsplit("-", 1)[-1], "resume": "allow"} if runs else {}
 
 
 def evaluate(trainer, module, datamodule) -> dict:
@@ -282,15 +320,6 @@ def load_run(run_dir: str | Path):
     is_adapter = (run_dir / ADAPTER_DIR).is_dir()
     datamodule, model = build(cfg, None if is_adapter else instantiate(cfg.method))
     return datamodule, load_weights(model, run_dir).eval()
-
-
-def resume_checkpoint(run_dir: Path) -> str | None:
-    """A run started again in the same directory continues from its last checkpoint."""
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if last.exists():
-        log.info("resuming from %s", last)
-        return str(last)
-    return None
 
 
 def parameter_counts(model) -> dict[str, int | float]:

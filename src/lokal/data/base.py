@@ -28,7 +28,8 @@ def record_extras(group_column: str | None, metadata_columns: list[str]) -> dict
 
 def balanced_sampler(labels: Sequence[int], seed: int):
     """Draw training examples with probability 1 / (size of their class): every class
-    appears about equally often per epoch (with replacement), whatever the imbalance."""
+    appears about equally often per epoch (with replacement), whatever the imbalance.
+    (In training, lokal.data.resumable re-seeds its generator every epoch.)"""
     import torch
     from torch.utils.data import WeightedRandomSampler
 

@@ -17,6 +17,7 @@ from lokal.data.augment import BatchMixup, MixupConfig, from_config
 from lokal.data.base import SplitDataModule, balanced_sampler, make_records, record_extras
 from lokal.data.cache import ImageCache, cache_folder, digest, file_identity
 from lokal.data.checks import IMAGE_EXTENSIONS, check_file, load_rgb, modality_of
+from lokal.data.resumable import resumable_loader
 from lokal.data.splits import known_classes, split_rows
 
 log = logging.getLogger(__name__)
@@ -143,11 +144,18 @@ class LabelledFilesDataModule(SplitDataModule):
         return batch
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        sampler = balanced_sampler(self.labels(split), self.seed) if train and self.balance else None
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, sampler=sampler,
-                          shuffle=train and sampler is None,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0)
+        from torch.utils.data import RandomSampler
+
+        dataset = self.datasets[split]
+        settings = {"batch_size": self.batch_size, "num_workers": self.num_workers, "pin_memory": self.pin_memory,
+                    "persistent_workers": self.num_workers > 0}
+        if not train:
+            return DataLoader(dataset, **settings)
+        if self.balance:
+            sampler = balanced_sampler(self.labels(split), self.seed)
+        else:
+            sampler = RandomSampler(dataset, generator=torch.Generator())
+        return resumable_loader(dataset, sampler, self.seed, **settings)
 
 
 class ImageFolderDataModule(LabelledFilesDataModule):

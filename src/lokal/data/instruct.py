@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from lokal import LokalError
 from lokal.data.base import SplitDataModule
+from lokal.data.resumable import resumable_loader
 from lokal.data.tables import fold_text, read_table, require_columns
 
 log = logging.getLogger(__name__)
@@ -170,13 +171,11 @@ class InstructionDataModule(SplitDataModule):
 
         rows = self.datasets[split]
         lengths = [len(r["input_ids"]) for r in rows]
+        settings = {"batch_size": self.batch_size, "num_workers": self.num_workers, "collate_fn": self._collate}
         if train:
-            generator = torch.Generator().manual_seed(self.seed)
-            sampler = LengthGroupedSampler(self.batch_size, lengths=lengths, generator=generator)
-        else:
-            sampler = sorted(range(len(rows)), key=lengths.__getitem__)
-        return DataLoader(rows, batch_size=self.batch_size, sampler=sampler,
-                          num_workers=self.num_workers, collate_fn=self._collate)
+            sampler = LengthGroupedSampler(self.batch_size, lengths=lengths, generator=torch.Generator())
+            return resumable_loader(rows, sampler, self.seed, **settings)
+        return DataLoader(rows, sampler=sorted(range(len(rows)), key=lengths.__getitem__), **settings)
 
 
 def random_split(n: int, val_fraction: float, test_fraction: float, seed: int, where: str) -> dict[str, np.ndarray]:

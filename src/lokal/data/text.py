@@ -12,6 +12,7 @@ from lokal import LokalError
 from lokal.data.augment import TextAugment, from_config
 from lokal.data.base import SplitDataModule, balanced_sampler, make_records, record_extras
 from lokal.data.cache import cache_folder
+from lokal.data.resumable import resumable_loader
 from lokal.data.splits import known_classes, split_rows
 from lokal.data.tables import LABEL, fold_text, read_table, require_columns, tag_rows, wanted_columns
 
@@ -210,15 +211,15 @@ class TextDataModule(SplitDataModule):
 
         rows = self.datasets[split]
         lengths = [len(r["input_ids"]) for r in rows]
-        if train and self.balance:
+        settings = {"batch_size": self.batch_size, "num_workers": self.num_workers, "pin_memory": self.pin_memory,
+                    "collate_fn": self._collate(train)}
+        if not train:
+            return DataLoader(rows, sampler=sorted(range(len(rows)), key=lengths.__getitem__), **settings)
+        if self.balance:
             sampler = balanced_sampler(self.labels(split), self.seed)
-        elif train:
-            generator = torch.Generator().manual_seed(self.seed)
-            sampler = LengthGroupedSampler(self.batch_size, lengths=lengths, generator=generator)
         else:
-            sampler = sorted(range(len(rows)), key=lengths.__getitem__)
-        return DataLoader(rows, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory, collate_fn=self._collate(train))
+            sampler = LengthGroupedSampler(self.batch_size, lengths=lengths, generator=torch.Generator())
+        return resumable_loader(rows, sampler, self.seed, **settings)
 
     def _collate(self, train: bool):
         from lokal.data.augment import TextCollate

@@ -86,3 +86,15 @@ def test_weights_of_another_architecture_are_refused_clearly():
 
     with pytest.raises(LokalError, match="resnet18: pretrained weights could not be loaded.*model.checkpoint"):
         ImageClassifier("resnet18", num_classes=2, checkpoint=str(efficientnet_lite0()))
+
+
+@pytest.mark.parametrize("option", ["ddp", "fsdp", "deepspeed", "tpu"])
+def test_scale_out_trainer_configs_name_real_lightning_strategies(option, tmp_path):
+    """The strategies the GPU/TPU configs name exist and build (they only run on such hardware)."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    strategy = compose([f"trainer={option}"], tmp_path).trainer.get("strategy")
+    if isinstance(strategy, str):
+        assert strategy in StrategyRegistry
+    elif strategy is not None:
+        assert type(instantiate(strategy)).__name__ == "FSDPStrategy"

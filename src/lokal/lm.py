@@ -66,14 +66,14 @@ class LMModule(FinetuneModule):
         self.val_metrics.update(*token_stats(self.model, batch))
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute("val/"), prog_bar=True)
+        self.log_dict(self.val_metrics.compute("val/"), prog_bar=True, sync_dist=True)
         self.val_metrics.reset()
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self.test_metrics.update(*token_stats(self.model, batch))
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute("test/"))
+        self.log_dict(self.test_metrics.compute("test/"), sync_dist=True)
         self.test_metrics.reset()
 
 

@@ -121,16 +121,19 @@ class LokalModule(FinetuneModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self(batch).float()  # bf16 probabilities tie often: scores (and predictions.csv) use fp32
         # plain cross-entropy, whatever the training loss: val/loss stays comparable across runs
-        self.log("val/loss", nn.functional.cross_entropy(logits, batch["label"]), prog_bar=True, batch_size=len(logits))
+        self.log("val/loss", nn.functional.cross_entropy(logits, batch["label"]), prog_bar=True, batch_size=len(logits),
+                 sync_dist=True)
         self.val_metrics.update(logits.softmax(-1), batch["label"])
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute(), prog_bar=True)
+        # torchmetrics' compute() already gathered every process's predictions: sync_dist only
+        # tells Lightning so (the mean of equal values), under DDP
+        self.log_dict(self.val_metrics.compute(), prog_bar=True, sync_dist=True)
         self.val_metrics.reset()
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self.test_metrics.update(self(batch).float().softmax(-1), batch["label"])
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute())
+        self.log_dict(self.test_metrics.compute(), sync_dist=True)
         self.test_metrics.reset()

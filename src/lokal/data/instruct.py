@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from lokal import LokalError
 from lokal.data.base import SplitDataModule
-from lokal.data.resumable import resumable_loader
+from lokal.data.resumable import global_batch_size, resumable_loader
 from lokal.data.tables import fold_text, read_table, require_columns
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,8 @@ class InstructionDataModule(SplitDataModule):
         lengths = [len(r["input_ids"]) for r in rows]
         settings = {"batch_size": self.batch_size, "num_workers": self.num_workers, "collate_fn": self._collate}
         if train:
-            sampler = LengthGroupedSampler(self.batch_size, lengths=lengths, generator=torch.Generator())
+            sampler = LengthGroupedSampler(global_batch_size(self.batch_size), lengths=lengths,
+                                           generator=torch.Generator())
             return resumable_loader(rows, sampler, self.seed, **settings)
         return DataLoader(rows, sampler=sorted(range(len(rows)), key=lengths.__getitem__), **settings)
 

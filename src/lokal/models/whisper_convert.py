@@ -11,8 +11,6 @@ maps the names, and writes a folder `WhisperForConditionalGeneration.from_pretra
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import struct
 from pathlib import Path
 
@@ -210,20 +208,3 @@ def convert(source: Path, out: Path) -> Path:
     model.save_pretrained(out)
     WhisperProcessor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(out)
     return out
-
-
-def write_folder_atomically(target: Path, write) -> Path:
-    """`write(tmp)` fills a temporary sibling folder, then one rename publishes it whole."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        write(tmp)
-        os.replace(tmp, target)  # fails if another process published first; then its folder stands
-    except OSError:
-        if not (target / "config.json").exists():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target

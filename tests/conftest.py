@@ -130,3 +130,32 @@ def run_dir(tmp_path: Path) -> Path:
     path = tmp_path / "run"
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper(tmp_path_factory) -> Path:
+    """A 2+2-layer Whisper with random weights on a 2-second window (100 encoder positions), with
+    the real tiny.en tokenizer and generation settings: every Whisper code path, in milliseconds."""
+    import torch
+    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
+
+    from lokal.shipped import whisper_tiny_en
+
+    real = whisper_tiny_en()
+    path = tmp_path_factory.mktemp("tiny_whisper") / "whisper"
+    processor = WhisperProcessor.from_pretrained(real)
+    processor.feature_extractor = type(processor.feature_extractor)(chunk_length=2)  # 200 log-mel frames
+    generation = GenerationConfig.from_pretrained(real)
+    generation.alignment_heads = [[1, 0]]  # the real model's name layers 1-3
+    tokens = {k: getattr(generation, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id",
+                                                  "decoder_start_token_id")}
+    torch.manual_seed(0)
+    config = WhisperConfig(vocab_size=len(processor.tokenizer), d_model=16, encoder_layers=2, decoder_layers=2,
+                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                           decoder_ffn_dim=32, max_source_positions=100, max_target_positions=64, **tokens,
+                           dropout=0.0)
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config = generation
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

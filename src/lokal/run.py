@@ -62,6 +62,8 @@ def train_run(cfg: DictConfig) -> dict:
     base = forgetting_base(model, settings)
     if task_of(datamodule) == "causal_lm":
         return train_lm(cfg, datamodule, model, method, settings, base)
+    if task_of(datamodule) == "speech_recognition":
+        return train_speech(cfg, datamodule, model, method)
     check_subgroups(settings.subgroups, datamodule)
     module = LokalModule(
         model,
@@ -139,6 +141,31 @@ def train_lm(cfg: DictConfig, datamodule, model, method, settings, base=None) ->
     metrics |= measure_forgetting(base, module.model, settings)
     if trainer.is_global_zero:
         lm.write_outputs(module, datamodule, metrics, run_dir, before)
+        share_run(trainer, run_dir, metrics)
+    return metrics
+
+
+def train_speech(cfg: DictConfig, datamodule, model, method) -> dict:
+    """Whisper speech recognition (lokal.speech): the same trainer, plus the base model's test
+    WER/CER and transcripts measured first, so the run shows what training changed."""
+    from hydra.utils import instantiate
+
+    from lokal import speech
+
+    run_dir = Path(cfg.paths.run_dir)
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    module = speech.SpeechModule(model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler, method=method)
+    trainer = make_trainer(cfg)
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    before = speech.before_training(module.model, datamodule, trainer.strategy.root_device)
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(run_dir))
+    train_time = round(time.perf_counter() - start, 2)
+    metrics = speech.evaluate(trainer, module, datamodule) | before.metrics | {"train_time_s": train_time}
+    after = speech.gathered_transcripts(module, len(datamodule.texts("test")))
+    if trainer.is_global_zero:
+        speech.write_outputs(module, datamodule, metrics, run_dir, before, after)
         share_run(trainer, run_dir, metrics)
     return metrics
 
@@ -307,8 +334,12 @@ def build(cfg: DictConfig, method=None):
     return datamodule, method.apply(model) if method is not None else model
 
 
-TASK_MODELS = {"classification": "a classification model, e.g. model=minilm or model=gemma3_270m",
-               "causal_lm": "a causal-LM model, e.g. model=gemma3_270m_lm or model=hf_causal_lm"}
+TASK_MODELS = {"classification": "a classification model, e.g. model=minilm, model=efficientnet_lite0 or "
+                                  "model=whisper_tiny_classifier",
+               "causal_lm": "a causal-LM model, e.g. model=gemma3_270m_lm or model=hf_causal_lm",
+               "speech_recognition": "a speech-recognition model, e.g. model=whisper_tiny"}
+EXAMPLE_MODELS = {"text": "model=minilm", "image": "model=efficientnet_lite0",
+                  "audio": "model=whisper_tiny (transcripts) or model=whisper_tiny_classifier (labels)"}
 
 
 def task_of(obj) -> str:
@@ -328,18 +359,15 @@ def check_task(model_cfg: DictConfig, datamodule) -> None:
 
 
 def check_modality(model_cfg: DictConfig, datamodule) -> None:
-    """Text models read text, image models images: checked from the model's class, before its
-    weights load. No model reads audio yet (Whisper is issue 8)."""
+    """Text models read text, image models images, audio models audio: checked from the model's
+    class, before its weights load."""
     from hydra.utils import get_class
 
     reads = get_class(model_cfg._target_).modality
-    if datamodule.modality == "audio":
-        raise LokalError(f"data={data_choice(datamodule)} holds audio files: lokal cannot train on audio yet "
-                         "(Whisper support is issue 8); `lokal audit` and `lokal clean` work on it now")
     if reads != datamodule.modality:
-        raise LokalError(
-            f"model {model_cfg.name} reads {reads} but data gives {datamodule.modality}: pick a "
-            f"{datamodule.modality} model (e.g. model=minilm for text, model=efficientnet_lite0 for images)")
+        raise LokalError(f"model {model_cfg.name} reads {reads} but data={data_choice(datamodule)} gives "
+                         f"{datamodule.modality}: pick a {datamodule.modality} model, e.g. "
+                         f"{EXAMPLE_MODELS.get(datamodule.modality, '')}")
 
 
 def data_choice(datamodule) -> str:

@@ -28,11 +28,7 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     import soundfile
 
     path = Path(path)
-    if not path.is_file():
-        raise LokalError(f"{path}: file not found; check the path in the transcript table or data.root")
-    reason = check_audio(path)  # the same verdict `lokal audit` gives
-    if reason and reason.startswith("not readable") and _wav_header_rate(path) == 0:
-        reason = "sample rate cannot be read (the WAV header says 0 Hz)"
+    reason = audio_problem(path)
     if reason:
         raise LokalError(f"{path}: {reason}; {FIX_HINT}")
     try:
@@ -44,6 +40,18 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     if not np.isfinite(audio).all():  # float wavs can hold NaN/inf; one would turn the loss to NaN
         raise LokalError(f"{path}: the samples contain NaN or infinity; {FIX_HINT}")
     return resample(audio.mean(axis=1), rate, sample_rate)
+
+
+def audio_problem(path: str | Path) -> str | None:
+    """Why `path` cannot be read as audio (header only, no decoding), or None: the same verdict
+    `lokal audit` gives, with a 0 Hz WAV header and a missing file said as such."""
+    path = Path(path)
+    if not path.is_file():
+        return "file not found; check the path in the transcript table or data.root"
+    reason = check_audio(path)
+    if reason and reason.startswith("not readable") and _wav_header_rate(path) == 0:
+        return "sample rate cannot be read (the WAV header says 0 Hz)"
+    return reason
 
 
 def resample(audio: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarray:

@@ -1,6 +1,8 @@
 """Prompt tuning (Lester et al. 2021), prefix tuning (Li & Liang 2021) and P-tuning (Liu et al. 2021)
 for text through PEFT; visual prompt tuning (Jia et al. 2022) for ViTs and a learned padding prompt
-(Bahng et al. 2022) for other image models.
+(Bahng et al. 2022) for other image models; for audio (Whisper), a learned pattern added to the
+input log-mel: model reprogramming (Yang et al. 2021, Voice2Series), the audio counterpart of the
+padding prompt.
 
 The backbone stays frozen: only the learned inputs (and the new task head) train and get saved.
 """
@@ -18,13 +20,14 @@ from lokal import LokalError
 from lokal.methods import Method, freeze_all_but, head_prefixes, require_modality
 
 TEXT_KINDS = ("prompt_tuning", "prefix", "p_tuning")
-KINDS = ("auto", *TEXT_KINDS, "visual")
+KINDS = ("auto", *TEXT_KINDS, "visual", "reprogram")
 MODULE = "lokal_prompt"  # image prompts live in model.net.lokal_prompt, so saving and freezing find them
 
 
 @dataclass
 class Prompt(Method):
-    """Learned inputs for a frozen backbone. `kind="auto"` is prefix for text, visual for images."""
+    """Learned inputs for a frozen backbone. `kind="auto"` is prefix for text, visual for images,
+    reprogram for audio."""
 
     lr: float = 1e-2  # prompts take larger steps than weights (P-tuning v2: 5e-3..1e-2; Lester et al.: 0.3)
     kind: str = "auto"
@@ -41,6 +44,9 @@ class Prompt(Method):
         kind = self._kind_for(model)
         if kind in TEXT_KINDS:
             return self._apply_text(model, kind)
+        if kind == "reprogram":
+            add_input_pattern(model)
+            return freeze_all_but(model, [MODULE, *head_prefixes(model)], "prompt")
         from timm.models.vision_transformer import VisionTransformer
 
         if isinstance(model.net, VisionTransformer):
@@ -55,11 +61,14 @@ class Prompt(Method):
             # (Lester et al. 2021; P-tuning v2, Liu et al. 2022); on BERT-size encoders and small decoders
             # prompts at every layer (prefix) learn far more. In an encoder classifier PEFT also puts the
             # soft prompt before [CLS], so the pooler reads a virtual token.
-            return "visual" if model.modality == "image" else "prefix"
+            return {"image": "visual", "audio": "reprogram"}.get(model.modality, "prefix")
         if self.kind == "visual":
             require_modality(model, ("image",), "prompt", f"for text use method.kind= one of {', '.join(TEXT_KINDS)}")
+        elif self.kind == "reprogram":
+            require_modality(model, ("audio",), "prompt (kind=reprogram)", "use method.kind=auto")
         else:
-            require_modality(model, ("text",), f"prompt (kind={self.kind})", "for images use method.kind=visual")
+            require_modality(model, ("text",), f"prompt (kind={self.kind})",
+                             "for images use method.kind=visual, for audio method.kind=reprogram")
         return self.kind
 
     def _apply_text(self, model: nn.Module, kind: str) -> nn.Module:
@@ -175,6 +184,34 @@ def add_padding_prompt(net: nn.Module, pad: int, size: tuple[int, int, int]) -> 
 
 def _add_padding_prompt(net: nn.Module, args: tuple) -> tuple:
     return (net.lokal_prompt(args[0]), *args[1:])
+
+
+# -- input reprogramming (audio) ------------------------------------------------------------------
+
+class InputPattern(nn.Module):
+    """A learned (mels, frames) pattern added to every log-mel input, starting at zero: training
+    starts from the base model exactly."""
+
+    def __init__(self, mels: int, frames: int) -> None:
+        super().__init__()
+        self.pattern = nn.Parameter(torch.zeros(mels, frames))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:  # (B, mels, frames) -> same
+        return features + self.pattern.to(features.dtype)
+
+
+def add_input_pattern(model: nn.Module) -> None:
+    """Hook the encoder, not the model: generation calls the encoder directly, once per clip."""
+    extractor = model.feature_extractor
+    model.net.lokal_prompt = InputPattern(extractor.feature_size, extractor.nb_max_frames)
+    encoder = model.net.get_encoder()
+    encoder.register_forward_pre_hook(partial(_add_input_pattern, model.net.lokal_prompt), with_kwargs=True)
+
+
+def _add_input_pattern(pattern: InputPattern, module: nn.Module, args: tuple, kwargs: dict) -> tuple:
+    if args:
+        return (pattern(args[0]), *args[1:]), kwargs
+    return args, kwargs | {"input_features": pattern(kwargs["input_features"])}
 
 
 # -- PEFT 0.21 with transformers 5 ----------------------------------------------------------------

@@ -254,19 +254,23 @@ def test_file_table_of_images_loads_batches_like_a_folder(tmp_path):
     assert batch["image"].shape == (4, 3, 32, 32)
 
 
-def test_audio_table_gives_records_but_not_training(tmp_path):
+def test_audio_table_gives_records_and_log_mel_batches(tmp_path, tiny_whisper):
     import numpy as np
     import soundfile
+
+    from lokal.models.speech import WhisperAudioClassifier
 
     (tmp_path / "clips").mkdir()
     for i in range(12):
         soundfile.write(tmp_path / "clips" / f"{i}.wav", np.full(800, 0.1 * (i % 3)), 8000)
     pd.DataFrame({"file": [f"clips/{i}.wav" for i in range(12)], "label": ["ya", "tidak"] * 6}).to_csv(
         tmp_path / "audio.csv", index=False)
-    data = FileTableDataModule(str(tmp_path / "audio.csv"))
+    data = FileTableDataModule(str(tmp_path / "audio.csv"), batch_size=4)
     assert data.modality == "audio" and len(data.records()) == 12 and data.stats["bad_files"] == 0
-    with pytest.raises(LokalError, match="cannot train on audio yet.*issue 8"):
-        data.use_model(None)
+    data.use_model(WhisperAudioClassifier(str(tiny_whisper), num_classes=2))
+    data.setup()
+    batch = next(iter(data.train_dataloader()))
+    assert batch["input_features"].shape == (4, 80, 200) and batch["label"].shape == (4,)
 
 
 def test_file_table_names_the_row_of_a_missing_file_or_skips_it(tmp_path):

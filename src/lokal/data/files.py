@@ -1,8 +1,8 @@
 """A table of file paths and labels (CSV, TSV, JSONL, Parquet, SQLite) as a LightningDataModule.
 
 Images train exactly like an image folder (same checks, splits, transforms and loaders:
-`LabelledFilesDataModule`); audio tables load, split and audit, but training on audio
-waits for issue 8's Whisper support.
+`LabelledFilesDataModule`); audio files exactly like an audio folder (Whisper's log-mel,
+`lokal.data.audio_files`).
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ class FileTableDataModule(LabelledFilesDataModule):
         mixup: dict | None = None,
         cache: bool = True,
         cache_dir: str | None = None,
+        spec_augment: dict | None = None,
+        long_clips: str = "split",
+        max_seconds: float | None = None,
     ) -> None:
         super().__init__(augment, balance, classes, bad_files, folds, fold, val_fraction, test_fraction, seed,
                          batch_size, num_workers, pin_memory, mixup=mixup, cache=cache, cache_dir=cache_dir)
@@ -59,6 +62,8 @@ class FileTableDataModule(LabelledFilesDataModule):
         self.root = Path(root) if root else Path(path).parent
         frame["path"] = [str(resolve(self.root, f)) for f in frame["_id"]]
         self.modality = table_modality(frame, file_column, str(path))
+        if self.modality == "audio":  # augment, spec_augment, long_clips, max_seconds: lokal.data.audio_files
+            self.audio = audio_files(path, augment, spec_augment, long_clips, max_seconds, mixup)
         self._prepare(frame, str(path))
 
     def _listing(self) -> pd.DataFrame:
@@ -74,12 +79,16 @@ class FileTableDataModule(LabelledFilesDataModule):
         frame = tag_rows(frame, self.label_column, self.group_column, self.split_column, str(self.path))
         return frame.assign(_id=frame[self.file_column].astype(str).str.strip())
 
-    def use_model(self, model) -> None:
-        if self.modality == "audio":
-            raise LokalError(
-                f"{self.path} lists audio files: lokal cannot train on audio yet (audio classification with "
-                "Whisper is issue 8). `lokal audit` and `lokal clean` work on this table now.")
-        super().use_model(model)
+
+def audio_files(path, augment: dict | None, spec_augment: dict | None, long_clips: str,
+                max_seconds: float | None, mixup: dict | None):
+    """The audio settings of a table of recordings (image-only augment keys are refused by name
+    when training starts, so `lokal audit` still reads the table with file_table.yaml's defaults)."""
+    from lokal.data.audio_files import AudioFiles
+
+    if mixup:
+        raise LokalError(f"{path} lists audio files: data.mixup mixes images; set data.mixup=null")
+    return AudioFiles(augment, spec_augment, long_clips, max_seconds)
 
 
 def resolve(root: Path, file: str) -> Path:

@@ -37,6 +37,7 @@ class LabelledFilesDataModule(SplitDataModule):
     are shared, so a folder of images and a CSV of image paths train the same way."""
 
     modality = "image"
+    audio = None  # a lokal.data.audio_files.AudioFiles when the files are audio: Whisper features, not timm's
     group_column: str | None = None
     metadata_columns: tuple[str, ...] | list[str] = ()
 
@@ -81,7 +82,12 @@ class LabelledFilesDataModule(SplitDataModule):
         index = split_rows(frame["_label"], self.val_fraction, self.test_fraction, self.seed, where,
                            groups=frame.get("_group"), given=frame.get("_given"), folds=self.folds, fold=self.fold)
         labels = frame["_label"].map({name: i for i, name in enumerate(self.class_names)}).to_numpy()
-        self.parts = {name: frame.iloc[rows].assign(_y=labels[rows]) for name, rows in index.items()}
+        self.files_by_split = {name: frame.iloc[rows].assign(_y=labels[rows]) for name, rows in index.items()}
+        self._use_parts(self.files_by_split)
+
+    def _use_parts(self, parts: dict[str, pd.DataFrame]) -> None:
+        """The rows each split trains on: one per file (audio: per chunk of a long clip)."""
+        self.parts = parts
         self.splits = {name: list(zip(part["path"].map(Path), part["_y"].tolist(), strict=True))
                        for name, part in self.parts.items()}
         self.stats |= {f"{name}_rows": len(items) for name, items in self.splits.items()}
@@ -109,6 +115,11 @@ class LabelledFilesDataModule(SplitDataModule):
         return frame[~bad]
 
     def use_model(self, model) -> None:
+        if self.audio is not None:  # the window and log-mel come from the model's feature extractor
+            self.audio.use_model(model)
+            self._use_parts(self.audio.fit_lengths(self.files_by_split))
+            self.stats |= self.audio.stats
+            return
         self.data_config = model.data_config
 
     def labels(self, split: str) -> list[int]:
@@ -126,6 +137,9 @@ class LabelledFilesDataModule(SplitDataModule):
         return timm.data.create_transform(**self.data_config, is_training=train, **extra)
 
     def setup(self, stage: str | None = None) -> None:
+        if self.audio is not None:
+            self.datasets = self.audio.datasets(self.parts)
+            return
         if self.data_config is None:
             raise RuntimeError("call use_model(model) before setup: input size and normalisation come from the model")
         from lokal.data.cache import eval_resize
@@ -163,6 +177,8 @@ class ImageFolderDataModule(LabelledFilesDataModule):
     (greyscale, RGBA, palette, 16-bit X-rays) as 8-bit RGB. With data.folds >= 2 the
     train/val/test folders of a split layout are pooled into one set and k-fold splits that."""
 
+    extensions, noun, layout_help = EXTENSIONS, "images", LAYOUT_HELP  # an audio folder scans for its own
+
     def __init__(
         self,
         root: str | None,
@@ -184,18 +200,21 @@ class ImageFolderDataModule(LabelledFilesDataModule):
     ) -> None:
         super().__init__(augment, balance, classes, bad_files, folds, fold, val_fraction, test_fraction, seed,
                          batch_size, num_workers, pin_memory, mixup=mixup, cache=cache, cache_dir=cache_dir)
-        self.root = _check_root(root)
+        self.root = _check_root(root, self.layout_help)
         self.files = self._find_files()  # split -> list of (path, class name)
         self._prepare(self._listing(), str(self.root))
 
     def _find_files(self) -> dict[str, list[tuple[Path, str]]]:
         if (self.root / "train").is_dir():
             splits = [s for s in ("train", "val", "test") if (self.root / s).is_dir()]
-            files = {split: _scan(self.root / split) for split in splits}
+            files = {split: self._scan(self.root / split) for split in splits}
             if not self.folds:
-                _check_split_classes(self.root, files)
+                _check_split_classes(self.root, files, self.noun)
             return files
-        return {"all": _scan(self.root)}
+        return {"all": self._scan(self.root)}
+
+    def _scan(self, folder: Path) -> list[tuple[Path, str]]:
+        return _scan(folder, self.extensions, self.noun, self.layout_help)
 
     def _listing(self) -> pd.DataFrame:
         """One row per file; the folder's own splits become `_given` unless k-fold pools them."""
@@ -227,22 +246,22 @@ class ImageDataset(Dataset):
         return {"image": self.transform(image), "label": label, "index": i}  # index: the item's place in its split
 
 
-def _check_root(root: str | None) -> Path:
+def _check_root(root: str | None, layout: str = LAYOUT_HELP) -> Path:
     if not root:
-        raise LokalError(f"data.root is not set: pass data.root=DIR, {LAYOUT_HELP}")
+        raise LokalError(f"data.root is not set: pass data.root=DIR, {layout}")
     path = Path(root)
     if not path.is_dir():
-        raise LokalError(f"data.root={root} is not a folder; {LAYOUT_HELP}")
+        raise LokalError(f"data.root={root} is not a folder; {layout}")
     return path
 
 
-def _check_split_classes(root: Path, files: dict[str, list[tuple[Path, str]]]) -> None:
+def _check_split_classes(root: Path, files: dict[str, list[tuple[Path, str]]], noun: str = "images") -> None:
     """A class folder in val/ or test/ but not in train/ (a typo, "Normal" vs "NORMAL") would
     be scored but never learned."""
     trained = {c for _, c in files["train"]}
     for split in ("val", "test"):
         for name in sorted({c for _, c in files.get(split, [])} - trained):
-            raise LokalError(f"{root / split / name}: class {name!r} has no training images ({root / 'train' / name} "
+            raise LokalError(f"{root / split / name}: class {name!r} has no training {noun} ({root / 'train' / name} "
                              f"is missing); add {root / 'train' / name} or rename/remove {root / split / name}")
 
 
@@ -283,9 +302,13 @@ def _identity(path: str) -> str | None:
 def _inspect(path: str) -> tuple[str | None, str | None]:
     from PIL import Image
 
+    from lokal.data.audio import audio_problem
+
     reason = check_file(path)
     if reason == "file not found":
         return f"file not found (looked for {path})", None
+    if reason and modality_of(path) == "audio":  # says why libsndfile refuses a 0 Hz header
+        return audio_problem(path) or reason, None
     if reason or modality_of(path) != "image":
         return reason, None
     with Image.open(path) as img:
@@ -306,13 +329,14 @@ def bad_files_message(names: pd.Series, reasons: pd.Series, where: str, shown: i
                       "remove them or set data.bad_files=skip (leaves them out and logs each)"])
 
 
-def _scan(folder: Path) -> list[tuple[Path, str]]:
+def _scan(folder: Path, extensions: tuple[str, ...] = EXTENSIONS, noun: str = "images",
+          layout: str = LAYOUT_HELP) -> list[tuple[Path, str]]:
     class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    files = [(f, d.name) for d in class_dirs for f in sorted(d.rglob("*")) if f.suffix.lower() in EXTENSIONS]
+    files = [(f, d.name) for d in class_dirs for f in sorted(d.rglob("*")) if f.suffix.lower() in extensions]
     if len(class_dirs) < 2 or not files:
         found = ", ".join(d.name for d in class_dirs) or "no subfolders"
-        raise LokalError(f"{folder}: found {found} with {len(files)} images; {LAYOUT_HELP}")
+        raise LokalError(f"{folder}: found {found} with {len(files)} {noun}; {layout}")
     empty = [d.name for d in class_dirs if not any(c == d.name for _, c in files)]
     if empty:
-        raise LokalError(f"{folder}: class folder(s) {empty} hold no images ({', '.join(EXTENSIONS)}); {LAYOUT_HELP}")
+        raise LokalError(f"{folder}: class folder(s) {empty} hold no {noun} ({', '.join(extensions)}); {layout}")
     return files

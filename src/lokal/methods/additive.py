@@ -51,7 +51,8 @@ class Additive(Method):
         targets, feedforward = self.target_modules, self.feedforward_modules
         model_type = getattr(getattr(model.net, "config", None), "model_type", None)
         if targets is None and model_type not in PEFT_DEFAULTS:  # timm, or a type PEFT does not know
-            targets, feedforward = list(model.lora_targets), list(feedforward or [])
+            targets = list(getattr(model, "ia3_targets", model.lora_targets))
+            feedforward = list(feedforward or getattr(model, "ia3_feedforward", []))
         if targets is not None:
             from lokal.methods.lora import LoRA
 
@@ -111,6 +112,8 @@ def pool(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """(B, C, H, W) -> mean over space; (B, T, C) -> mean over real (unmasked) tokens."""
     if x.dim() == 4:
         return x.mean(dim=(2, 3))
+    if mask is not None and mask.shape[1] > x.shape[1] and mask.shape[1] % x.shape[1] == 0:
+        mask = mask[:, :: mask.shape[1] // x.shape[1]]  # Whisper: 2 log-mel frames per encoder position
     if mask is None or mask.shape[1] != x.shape[1]:  # ViT tokens, or a prompt-extended sequence
         return x.mean(dim=1)
     weights = mask.unsqueeze(-1).to(x.dtype)
@@ -140,5 +143,8 @@ def probe(model: nn.Module, blocks: list[nn.Module]) -> tuple[list[int], int]:
 def dummy_batch(model: nn.Module) -> dict[str, torch.Tensor]:
     if model.modality == "image":
         return {"image": torch.zeros(1, *model.data_config["input_size"])}
+    if model.modality == "audio":  # a silent window: (1, mels, frames) as the feature extractor makes it
+        extractor = model.feature_extractor
+        return {"input_features": torch.zeros(1, extractor.feature_size, extractor.nb_max_frames)}
     encoded = model.tokenizer(["lokal"], return_tensors="pt")
     return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}

@@ -126,19 +126,6 @@ def generate_answers(model: nn.Module, datamodule) -> list[str]:
     return answers
 
 
-def evaluate(trainer, module: LMModule, datamodule) -> dict:
-    """Validation and test once each, with the best checkpoint (by the configured monitor)."""
-    from lokal.run import parameter_counts
-    from lokal.system import peak_memory_mb
-
-    best = "best" if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
-    val = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
-    test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
-    metrics = {**val, **test} | parameter_counts(module.model) | peak_memory_mb()
-    metrics |= {"epochs": trainer.current_epoch, "steps": trainer.global_step}
-    return metrics | {f"data/{k}": v for k, v in datamodule.stats.items()}
-
-
 def write_outputs(module: LMModule, datamodule, metrics: dict, run_dir: Path, before: Before) -> None:
     """Weights, generations.jsonl (before/after answers), then metrics.json, then the summary."""
     import json
@@ -156,9 +143,8 @@ def write_outputs(module: LMModule, datamodule, metrics: dict, run_dir: Path, be
     print_summary(metrics, rows, run_dir)
 
 
-def print_summary(metrics: dict, rows: list[dict], run_dir: Path) -> None:
-    from rich.console import Console
-    from rich.markup import escape
+def summary_table(metrics: dict, run_dir: Path):
+    """The run's metrics before (base/) and after training, size, time and memory: a rich Table."""
     from rich.table import Table
 
     table = Table(title=f"lokal run: {run_dir}", show_header=True, header_style="bold")
@@ -169,8 +155,15 @@ def print_summary(metrics: dict, rows: list[dict], run_dir: Path) -> None:
     table.add_row("trainable params", f"{metrics['trainable_params']:,} ({metrics['trainable_percent']:.2f}%)")
     table.add_row("train time", f"{metrics['train_time_s']:.1f} s")
     table.add_row("peak memory", f"{metrics['peak_memory_mb']:,.0f} MB")
+    return table
+
+
+def print_summary(metrics: dict, rows: list[dict], run_dir: Path) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
     console = Console()
-    console.print(table)
+    console.print(summary_table(metrics, run_dir))
     for row in rows:  # answers are model output: escaped, so a "[b]" in them prints as written
         console.print()
         for key in ("prompt", "before", "after", "reference"):

@@ -137,7 +137,7 @@ def train_lm(cfg: DictConfig, datamodule, model, method, settings, base=None) ->
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(run_dir))
     train_time = round(time.perf_counter() - start, 2)
-    metrics = lm.evaluate(trainer, module, datamodule) | before.metrics | {"train_time_s": train_time}
+    metrics = evaluate_generative(trainer, module, datamodule) | before.metrics | {"train_time_s": train_time}
     metrics |= measure_forgetting(base, module.model, settings)
     if trainer.is_global_zero:
         lm.write_outputs(module, datamodule, metrics, run_dir, before)
@@ -162,12 +162,25 @@ def train_speech(cfg: DictConfig, datamodule, model, method) -> dict:
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(run_dir))
     train_time = round(time.perf_counter() - start, 2)
-    metrics = speech.evaluate(trainer, module, datamodule) | before.metrics | {"train_time_s": train_time}
+    metrics = evaluate_generative(trainer, module, datamodule) | before.metrics | {"train_time_s": train_time}
     after = speech.gathered_transcripts(module, len(datamodule.texts("test")))
     if trainer.is_global_zero:
         speech.write_outputs(module, datamodule, metrics, run_dir, before, after)
         share_run(trainer, run_dir, metrics)
     return metrics
+
+
+def evaluate_generative(trainer, module, datamodule) -> dict:
+    """Validation and test once each, with the best checkpoint (by the configured monitor), for the
+    tasks that generate (causal LM, speech): their modules log every metric themselves."""
+    from lokal.system import peak_memory_mb
+
+    best = "best" if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
+    val = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+    test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+    metrics = {**val, **test} | parameter_counts(module.model) | peak_memory_mb()
+    metrics |= {"epochs": trainer.current_epoch, "steps": trainer.global_step}
+    return metrics | {f"data/{k}": v for k, v in datamodule.stats.items()}
 
 
 def make_trainer(cfg: DictConfig):

@@ -130,19 +130,6 @@ def transcribe_split(model: nn.Module, datamodule, split: str, device: torch.dev
     return heard
 
 
-def evaluate(trainer, module: SpeechModule, datamodule) -> dict:
-    """Validation and test once each, with the best checkpoint (lowest val/wer by default)."""
-    from lokal.run import parameter_counts
-    from lokal.system import peak_memory_mb
-
-    best = "best" if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
-    val = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
-    test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
-    metrics = {**val, **test} | parameter_counts(module.model) | peak_memory_mb()
-    metrics |= {"epochs": trainer.current_epoch, "steps": trainer.global_step}
-    return metrics | {f"data/{k}": v for k, v in datamodule.stats.items()}
-
-
 def gathered_transcripts(module: SpeechModule, count: int) -> list[str]:
     """The test transcripts in row order, from every process under DDP (each tested a share)."""
     import torch.distributed as dist
@@ -175,18 +162,11 @@ def write_outputs(module: SpeechModule, datamodule, metrics: dict, run_dir: Path
 def print_summary(metrics: dict, rows, run_dir: Path, shown: int = 5) -> None:
     from rich.console import Console
     from rich.markup import escape
-    from rich.table import Table
 
-    table = Table(title=f"lokal run: {run_dir}", show_header=True, header_style="bold")
-    table.add_column("what")
-    table.add_column("value", justify="right")
-    for key in sorted(k for k in metrics if k.startswith(("base/", "test/", "val/"))):
-        table.add_row(key, f"{metrics[key]:.4f}")
-    table.add_row("trainable params", f"{metrics['trainable_params']:,} ({metrics['trainable_percent']:.2f}%)")
-    table.add_row("train time", f"{metrics['train_time_s']:.1f} s")
-    table.add_row("peak memory", f"{metrics['peak_memory_mb']:,.0f} MB")
+    from lokal.lm import summary_table
+
     console = Console()
-    console.print(table)
+    console.print(summary_table(metrics, run_dir))
     changed = rows[rows["before"] != rows["after"]] if "before" in rows else rows
     for row in changed.head(shown).itertuples():  # transcripts are model output: escaped
         console.print()

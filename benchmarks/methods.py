@@ -1,9 +1,11 @@
-"""Every method on MiniLM-L6 and EfficientNet-Lite0: seconds per training step under lokal
-(LokalModule in a Lightning Trainer) next to a plain PyTorch loop doing the same step (same
-trainable parameters, parameter groups and penalty) on the same batch in the same process;
-plus peak memory, trainable parameters and the size of what the run saves.
+"""Every method on MiniLM-L6, EfficientNet-Lite0 and Whisper tiny.en: seconds per training step
+under lokal (LokalModule, or SpeechModule for Whisper, in a Lightning Trainer) next to a plain
+PyTorch loop doing the same step (same trainable parameters, parameter groups and penalty) on the
+same batch in the same process; plus peak memory, trainable parameters and the size of what the
+run saves.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/methods.py [--steps 20] [--backbone minilm|efficientnet]
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/methods.py --steps 3 --backbone whisper   # ~10 s a step
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/methods.py --steps 0 --backbone gemma   # sizes only
 
 Each case runs in its own process, so peak memory (resident set, ru_maxrss) is that case's.
@@ -40,7 +42,8 @@ METHODS = {  # name -> (module, class, keyword arguments): the conf/method defau
     "adapter (houlsby)": ("adapter", "Adapter", {"placement": "houlsby"}),
 }
 BACKBONES = {"minilm": "MiniLM-L6, batch 32 x 48 tokens", "efficientnet": "EfficientNet-Lite0, batch 16 x 224 x 224",
-             "gemma": "Gemma 3 270M, batch 8 x 48 tokens"}
+             "gemma": "Gemma 3 270M, batch 8 x 48 tokens",
+             "whisper": "Whisper tiny.en, batch 4 x 30 s (real Asterisk prompts)"}
 
 
 def build(backbone: str, method_name: str):
@@ -61,6 +64,8 @@ def build(backbone: str, method_name: str):
             model = TextClassifier(str(gemma3_270m()), 2, lora_targets=["q_proj", "v_proj"])
         ids = torch.randint(1000, 20000, (32 if backbone == "minilm" else 8, 48))
         batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "label": torch.randint(0, 2, (32,))}
+    elif backbone == "whisper":
+        model, batch = whisper_batch()
     else:
         from lokal.models.vision import ImageClassifier
 
@@ -68,6 +73,28 @@ def build(backbone: str, method_name: str):
                                 lora_targets=["conv_pw", "conv_pwl", "conv_head"])
         batch = {"image": torch.randn(16, 3, 224, 224), "label": torch.randint(0, 2, (16,))}
     return method, method.apply(model), batch
+
+
+def whisper_batch(size: int = 4):
+    """Whisper tiny.en and a batch of real recordings with their transcripts, from SpeechDataModule
+    itself (log-mel padded to 30 s, decoder targets padded with -100)."""
+    from lokal.data.speech import SpeechDataModule
+    from lokal.models.speech import WhisperASR
+    from lokal.shipped import whisper_tiny_en
+    from lokal.speech_data import asterisk_sounds
+
+    model = WhisperASR(str(whisper_tiny_en()), lora_targets=["q_proj", "k_proj", "v_proj", "out_proj"])
+    datamodule = SpeechDataModule(str(asterisk_sounds() / "transcripts.tsv"), batch_size=size)
+    datamodule.use_model(model)
+    datamodule.setup()
+    return model, next(iter(datamodule.val_dataloader()))
+
+
+def loss_of(model, batch) -> torch.Tensor:
+    """Cross-entropy of a classifier's logits, or Whisper's own loss over the transcript tokens."""
+    if "labels" in batch:
+        return model(batch).loss
+    return torch.nn.functional.cross_entropy(model(batch), batch["label"])
 
 
 def plain_loop(method, model, batch, steps: int) -> float:
@@ -81,7 +108,7 @@ def plain_loop(method, model, batch, steps: int) -> float:
     for i in range(steps + 2):
         if i == 2:  # two warm-up steps
             start = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(batch), batch["label"])
+        loss = loss_of(model, batch)
         penalty = method.penalty(model)
         if penalty is not None:
             loss = loss + penalty
@@ -106,7 +133,13 @@ def lokal_loop(method, model, batch, steps: int) -> float:
             self.seconds = (time.perf_counter() - self.start) / steps
 
     timer = StepTimer()
-    module = LokalModule(model, 2, optimizer=lambda params: torch.optim.AdamW(params, lr=1e-4), method=method)
+    optimizer = lambda params: torch.optim.AdamW(params, lr=1e-4)  # noqa: E731
+    if "labels" in batch:
+        from lokal.speech import SpeechModule
+
+        module = SpeechModule(model, optimizer=optimizer, method=method)
+    else:
+        module = LokalModule(model, 2, optimizer=optimizer, method=method)
     loader = torch.utils.data.DataLoader([batch] * (steps + 2), batch_size=None)
     trainer = L.Trainer(accelerator="cpu", max_steps=steps + 2, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer])

@@ -80,6 +80,10 @@ def from_run(run_dir: Path) -> Predictor:
     cfg = OmegaConf.load(run_dir / "config.yaml")
     check_finished(run_dir)
     model_class = get_class(cfg.model._target_)
+    if model_class.modality == "audio":
+        raise LokalError(f"{run_dir} is an audio run: `lokal predict` reads texts and images only so far. Its "
+                         "test split was scored at the end of training (transcripts.csv or predictions.csv); for "
+                         "new recordings, load it with lokal.run.load_run and call model.transcribe / model(batch)")
     if getattr(model_class, "task", "classification") != "classification":
         raise LokalError(f"{run_dir} is a {model_class.task} run: `lokal predict` runs classifiers; chat with a "
                          "language model's adapter through transformers (see `lokal export`)")

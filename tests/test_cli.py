@@ -62,7 +62,8 @@ def test_text_model_on_image_data_is_refused_before_training(tmp_path):
 
     root = make_image_folder(tmp_path / "x", per_class=4)
     result = run("data=medical_xray", "model=minilm", f"data.root={root}")
-    assert result.returncode == 2 and "reads text but data gives image" in result.stderr
+    assert result.returncode == 2 and "reads text but data=medical_xray gives image" in result.stderr
+    assert "pick an image model, e.g. model=efficientnet_lite0" in result.stderr
 
 
 @pytest.mark.integration

@@ -379,7 +379,8 @@ def check_modality(model_cfg: DictConfig, datamodule) -> None:
     reads = get_class(model_cfg._target_).modality
     if reads != datamodule.modality:
         raise LokalError(f"model {model_cfg.name} reads {reads} but data={data_choice(datamodule)} gives "
-                         f"{datamodule.modality}: pick a {datamodule.modality} model, e.g. "
+                         f"{datamodule.modality}: pick {'an' if datamodule.modality[0] in 'aeiou' else 'a'} "
+                         f"{datamodule.modality} model, e.g. "
                          f"{EXAMPLE_MODELS.get(datamodule.modality, '')}")
 
 

@@ -120,11 +120,12 @@ def before_training(model: nn.Module, datamodule, device: torch.device) -> Befor
 
 @torch.no_grad()
 def transcribe_split(model: nn.Module, datamodule, split: str, device: torch.device) -> list[str]:
-    """Greedy transcripts of a split, in its row order."""
+    """Greedy transcripts of the val or test split, in its row order."""
     was_training = model.training
     model.eval()
     heard = []
-    for batch in datamodule._loader(split, train=False):
+    loader = {"val": datamodule.val_dataloader, "test": datamodule.test_dataloader}[split]()
+    for batch in loader:
         heard += model.transcribe(batch["input_features"].to(device))
     model.train(was_training)
     return heard

@@ -264,3 +264,11 @@ def test_the_asterisk_demo_reports_wer_before_and_after(tmp_path):
     assert metrics["test/wer"] <= metrics["base/test_wer"] + 0.01  # one epoch teaches style, breaks little
     assert metrics["test/cer"] < metrics["base/test_cer"]
     assert len(pd.read_csv(tmp_path / "transcripts.csv")) == metrics["data/test_rows"]
+
+
+def test_a_row_without_a_file_is_named(short_table, tmp_path):
+    table = pd.read_csv(short_table)
+    table.loc[4, "file"] = None
+    table.to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(LokalError, match=r"1 row\(s\) have no value in column 'file' \(data.file_column\): row 4"):
+        SpeechDataModule(str(tmp_path / "t.csv"))

@@ -14,7 +14,7 @@ import pandas as pd
 from lokal import LokalError
 from lokal.data.checks import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, modality_of
 from lokal.data.image import LabelledFilesDataModule
-from lokal.data.tables import read_table, require_columns, tag_rows, wanted_columns
+from lokal.data.tables import read_table, require_columns, require_values, tag_rows, wanted_columns
 
 
 class FileTableDataModule(LabelledFilesDataModule):
@@ -75,7 +75,7 @@ class FileTableDataModule(LabelledFilesDataModule):
         if frame.empty:
             raise LokalError(f"{self.path}: the table has no rows; add one row per file")
         frame = frame[list(dict.fromkeys(columns.values()))].assign(_row=range(len(frame)))
-        _require_values(frame, {"file_column": self.file_column, "label_column": self.label_column}, self.path)
+        require_values(frame, {"file_column": self.file_column, "label_column": self.label_column}, self.path)
         frame = tag_rows(frame, self.label_column, self.group_column, self.split_column, str(self.path))
         return frame.assign(_id=frame[self.file_column].astype(str).str.strip())
 
@@ -111,13 +111,3 @@ def table_modality(frame: pd.DataFrame, file_column: str, where: str) -> str:
                          f"image or audio extension ({', '.join(IMAGE_EXTENSIONS + AUDIO_EXTENSIONS)}); "
                          "check data.file_column")
     return found[0]
-
-
-def _require_values(frame: pd.DataFrame, columns: dict[str, str], path) -> None:
-    """A row without a file or a label cannot be trained on or audited: name the rows."""
-    for key, column in columns.items():
-        blank = frame[column].isna() | (frame[column].astype(str).str.strip() == "")
-        if blank.any():
-            rows = ", ".join(f"row {r}" for r in frame["_row"][blank][:10])
-            raise LokalError(f"{path}: {int(blank.sum())} row(s) have no value in column {column!r} "
-                             f"(data.{key}): {rows}; fill them in or delete those rows")

@@ -9,7 +9,6 @@ waveform augmentation first (speed, shift, noise) and SpecAugment on the log-mel
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lokal import LokalError
+from lokal.audit.images import file_sha256
 from lokal.data.audio import SAMPLE_RATE, LengthPolicy, audio_problem, load_audio
 from lokal.data.audio_augment import AudioAugment, SpecAugment
 from lokal.data.base import SplitDataModule, make_records
@@ -26,7 +26,7 @@ from lokal.data.files import resolve
 from lokal.data.image import bad_files_message
 from lokal.data.resumable import resumable_loader
 from lokal.data.splits import split_rows
-from lokal.data.tables import read_table, require_columns, tag_rows, wanted_columns
+from lokal.data.tables import read_table, require_columns, require_values, tag_rows, wanted_columns
 
 log = logging.getLogger(__name__)
 IGNORE = -100  # label of positions the loss skips (padding): PyTorch's and HF's ignore_index
@@ -99,11 +99,8 @@ class SpeechDataModule(SplitDataModule):
         require_columns(frame, columns, self.path)
         frame = frame[list(dict.fromkeys(columns.values()))].assign(_row=range(len(frame)))
         self.stats["rows"] = len(frame)
-        files = frame[self.file_column].fillna("").astype(str).str.strip()
-        if (files == "").any():
-            rows = ", ".join(f"row {r}" for r in frame["_row"][files == ""][:10])
-            raise LokalError(f"{self.path}: {int((files == '').sum())} row(s) name no file in column "
-                             f"{self.file_column!r} (data.file_column): {rows}; fill them in or delete those rows")
+        require_values(frame, {"file_column": self.file_column}, self.path)
+        files = frame[self.file_column].astype(str).str.strip()
         texts = frame[self.text_column].fillna("").astype(str).str.strip()
         blank = texts == ""
         self.stats["empty_dropped"] = int(blank.sum())
@@ -136,7 +133,7 @@ class SpeechDataModule(SplitDataModule):
         self.stats["too_long_skipped"] = int(too_long.sum())
         frame = frame[~too_long].assign(_seconds=seconds[~too_long])
         if self.dedup:
-            key = frame["path"].map(_content_hash) + "\0" + frame["_text"].str.lower()
+            key = frame["path"].map(file_sha256) + "\0" + frame["_text"].str.lower()
             self.stats["duplicates_dropped"] = int(key.duplicated().sum())
             frame = frame[~key.duplicated().to_numpy()]
         if frame.empty:
@@ -245,6 +242,3 @@ def collate(items: list[dict]) -> dict:
     return {"input_features": torch.stack([item["input_features"] for item in items]), "labels": labels,
             "text": [item["text"] for item in items], "index": torch.tensor([item["index"] for item in items])}
 
-
-def _content_hash(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -73,6 +73,16 @@ def require_columns(frame: pd.DataFrame, columns: dict[str, str], path) -> None:
                              f"Set data.{key} to the right name")
 
 
+def require_values(frame: pd.DataFrame, columns: dict[str, str], path) -> None:
+    """A row without a file or a label cannot be trained on or audited: name the rows."""
+    for key, column in columns.items():
+        blank = frame[column].isna() | (frame[column].astype(str).str.strip() == "")
+        if blank.any():
+            rows = ", ".join(f"row {r}" for r in frame["_row"][blank][:10])
+            raise LokalError(f"{path}: {int(blank.sum())} row(s) have no value in column {column!r} "
+                             f"(data.{key}): {rows}; fill them in or delete those rows")
+
+
 def wanted_columns(required: dict[str, str], group_column: str | None, split_column: str | None,
                    metadata_columns: list[str]) -> dict[str, str]:
     """Config key -> column for every column a table module reads (unset keys left out)."""

@@ -131,7 +131,7 @@ def make_photos(root: Path, count: int, size: int = 512) -> Path:
 
 
 def image_rows(count: int, steps: int, workers: int, work: Path, device: str) -> list[dict]:
-    """EfficientNet-Lite0 + LoRA, batch 32 at 224 (conf/data/image_folder.yaml transforms):
+    """EfficientNet-Lite0 + LoRA, batch 32 at 224 (src/lokal/conf/data/image_folder.yaml transforms):
     seconds per batch of the train and evaluation loaders without cache, building it, reading it."""
     from lokal.data.image import ImageFolderDataModule
     from lokal.methods.lora import LoRA

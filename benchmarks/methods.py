@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-METHODS = {  # name -> (module, class, keyword arguments): the conf/method defaults
+METHODS = {  # name -> (module, class, keyword arguments): the src/lokal/conf/method defaults
     "full": ("full", "Full", {}),
     "full (LLRD 0.8 + L2-SP)": ("full", "Full", {"layer_decay": 0.8, "l2sp": 0.01}),
     "partial (2 blocks)": ("partial", "Partial", {"last_n_blocks": 2}),

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = ROOT / "src" / "lokal" / "conf"
 
 
 def make_image_folder(root: Path, classes=("NORMAL", "PNEUMONIA"), per_class: int = 12,

@@ -21,7 +21,7 @@ from lokal.data.files import FileTableDataModule
 from tests.conftest import FAST, compose
 
 TONES = {"low": 300, "high": 1200}  # Hz: two classes any log-mel separates
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # as conf/model/whisper_tiny_classifier.yaml
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # as src/lokal/conf/model/whisper_tiny_classifier.yaml
 
 
 def write_tone(path: Path, hz: float, seconds: float = 1.0, rate: int = 8000, seed: int = 0) -> Path:

@@ -5,9 +5,11 @@ folds, and a killed run started again continues fold by fold."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import statistics
 from itertools import combinations
 
+import lightning as L
 import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -76,17 +78,38 @@ def fold_records(run_dir, fold: int):
     return instantiate(cfg.data).records()
 
 
-def test_a_killed_kfold_run_skips_finished_folds_and_resumes_the_current_one(run_dir, corpus_csv, tiny_text_models):
-    checkpoint_every_step = ["callbacks.last_checkpoint.every_n_train_steps=1"]
-    train(compose(overrides(corpus_csv, tiny_text_models) + checkpoint_every_step, run_dir))
-    finished = [(run_dir / f"fold_{i}" / "metrics.json").stat().st_mtime_ns for i in range(2)]
-    for unfinished in ("fold_2/metrics.json", "metrics.json", "cv.json"):  # killed in fold 2, after its checkpoint
-        (run_dir / unfinished).unlink()
+class FoldProbe(L.Callback):
+    """In fold `fold`: writes the step training starts from to `record`, and dies after step `crash_at`."""
 
-    metrics = train(compose(overrides(corpus_csv, tiny_text_models, epochs=2) + checkpoint_every_step, run_dir))
+    def __init__(self, fold: int, record: str, crash_at: int = -1) -> None:
+        self.fold, self.record, self.crash_at = fold, record, crash_at
+
+    def mine(self, trainer) -> bool:
+        return str(trainer.default_root_dir).endswith(f"fold_{self.fold}")
+
+    def on_train_start(self, trainer, pl_module):
+        if self.mine(trainer):
+            Path(self.record).write_text(str(trainer.global_step))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.mine(trainer) and trainer.global_step == self.crash_at:
+            raise RuntimeError("killed")
+
+
+def test_a_killed_kfold_run_skips_finished_folds_and_resumes_the_current_one(run_dir, corpus_csv, tiny_text_models,
+                                                                             tmp_path):
+    record = tmp_path / "start_step"
+    probe = f"{{_target_:tests.test_kfold.FoldProbe,fold:2,record:'{record}'"
+    same = overrides(corpus_csv, tiny_text_models, epochs=2) + ["callbacks.last_checkpoint.every_n_train_steps=1"]
+    with pytest.raises(RuntimeError, match="killed"):  # killed in fold 2, mid-way through its second epoch
+        train(compose(same + [f"+callbacks.crash={probe},crash_at:4}}"], run_dir))
+    finished = [(run_dir / f"fold_{i}" / "metrics.json").stat().st_mtime_ns for i in range(2)]
+
+    metrics = train(compose(same + [f"+callbacks.probe={probe}}}"], run_dir))  # the same command again
     assert [(run_dir / f"fold_{i}" / "metrics.json").stat().st_mtime_ns for i in range(2)] == finished
+    assert int(record.read_text()) > 0  # fold 2 continued from its last checkpoint, not from step 0
     folds = fold_metrics(run_dir)
-    assert [(f["epochs"], f["steps"]) for f in folds] == [(1, 3), (1, 3), (2, 6)]  # fold 2 continued
+    assert [(f["epochs"], f["steps"]) for f in folds] == [(2, 6)] * 3
     assert metrics["test/accuracy"] == pytest.approx(statistics.mean(f["test/accuracy"] for f in folds))
 
 

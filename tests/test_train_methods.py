@@ -1,4 +1,4 @@
-"""Integration: every method in conf/method/ (and each `kind` of the multi-kind ones) runs end
+"""Integration: every method in src/lokal/conf/method/ (and each `kind` of the multi-kind ones) runs end
 to end through the real train.yaml on the shipped Indonesian corpus (tiny BERT, real data)
 and on an image folder (the real EfficientNet-Lite0 at 64 px): trains, writes the run
 directory, and the saved weights load back onto a fresh base giving the same predictions."""

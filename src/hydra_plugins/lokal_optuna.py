@@ -5,4 +5,4 @@ from lokal.sweepers.optuna import OptunaSweeper as _OptunaSweeper
 
 
 class OptunaSweeper(_OptunaSweeper):
-    """`hydra/sweeper=lokal_optuna` (conf/hydra/sweeper/lokal_optuna.yaml)."""
+    """`hydra/sweeper=lokal_optuna` (src/lokal/conf/hydra/sweeper/lokal_optuna.yaml)."""

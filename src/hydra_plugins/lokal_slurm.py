@@ -5,4 +5,4 @@ from lokal.slurm import SlurmLauncher as _SlurmLauncher
 
 
 class SlurmLauncher(_SlurmLauncher):
-    """`hydra/launcher=slurm` (conf/hydra/launcher/slurm.yaml)."""
+    """`hydra/launcher=slurm` (src/lokal/conf/hydra/launcher/slurm.yaml)."""

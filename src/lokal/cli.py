@@ -5,6 +5,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,32 +19,110 @@ from lokal import LokalError
 from lokal.rundir import register_resolvers
 from lokal.shipped import register_resolver
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")  # shipped inside the package: works from a wheel
 
 register_resolver()
 register_resolvers()
 
 
+_started_runs: list[Path] = []  # the run folders Hydra made for this process's jobs
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def hydra_main(cfg: DictConfig) -> float | None:
+def _hydra_app(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
     from lokal.run import train
 
-    try:
-        metrics = train(cfg)
-    except Exception as err:
-        user_error = _lokal_error(err)
-        if user_error is None:
-            raise
-        print(f"\nlokal: {user_error}", file=sys.stderr)  # the user's input: a clear message, no traceback
-        raise SystemExit(2) from None
+    _started_runs.append(Path(HydraConfig.get().runtime.output_dir))
+    metrics = train(cfg)
     return metrics.get(cfg.get("optimized_metric", "val/accuracy"))
+
+
+def hydra_main() -> None:
+    """`python train.py ...` and `lokal train ...`: the Hydra app. A mistake in the user's input
+    (a LokalError, an unknown key or option, a folder that cannot be written) ends with one clear
+    message and exit code 2, no traceback, and no empty run folder left behind."""
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra re-raises, so lokal can explain the user's mistakes
+    try:
+        _hydra_app()
+    except Exception as err:
+        message = user_message(err)
+        if message is None:
+            raise
+        _remove_stub_run()
+        print(f"\nlokal: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def user_message(err: BaseException) -> str | None:
+    """What to tell the user about `err`, or None for a bug (its traceback is then shown)."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    found = _lokal_error(err)
+    if found is not None:
+        return str(found)
+    if isinstance(err, ConfigCompositionException | OverrideParseException | MissingConfigException):
+        return _composition_message(err)
+    if isinstance(err, PermissionError | OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS,
+                                                                      errno.ENOSPC):
+        return (f"cannot write {err.filename}: {err.strerror}. Give a folder you can write to, e.g. "
+                "paths.output_dir=~/lokal-runs (runs go to DIR/runs/), or free some space")
+    return None
 
 
 def _lokal_error(err: BaseException | None) -> LokalError | None:
     """Hydra's instantiate wraps errors raised in constructors; find ours in the chain."""
-    while err is not None and not isinstance(err, LokalError):
-        err = err.__cause__
+    seen = set()
+    while err is not None and not isinstance(err, LokalError) and id(err) not in seen:
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
     return err
+
+
+def _composition_message(err: Exception) -> str:
+    """Hydra's own message, plus the nearest real key for a misspelled one: Hydra suggests
+    `+key=value`, which adds the typo as a new key that the Trainer or data module then refuses."""
+    import re
+
+    text = str(err).strip()
+    if isinstance(err.__cause__, Exception) and str(err.__cause__) not in text:
+        text += f" ({str(err.__cause__).splitlines()[0]})"
+    typo = re.search(r"Could not override '([\w.]+)'", text)
+    if typo and "+" in text:
+        close = _nearest_keys(typo.group(1))
+        hint = f"did you mean {' or '.join(close)}?" if close else "check the spelling against `--cfg job`"
+        text = (f"{typo.group(1)} is not a key of the config: {hint} (a leading + adds a new key, which the "
+                f"class it configures would then refuse). Hydra said: {text}")
+    return text
+
+
+def _nearest_keys(key: str) -> list[str]:
+    """Real keys close to `key` in the default config composed with this command's group choices."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from lokal.config_checks import nearest_keys
+
+    choices = [a for a in sys.argv[1:] if "=" in a and "." not in a.split("=")[0] and not a.startswith(("-", "+"))]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            return nearest_keys(compose("train", overrides=choices), key)
+    except Exception:  # a suggestion is a courtesy: never let it hide the real message
+        return []
+
+
+def _remove_stub_run() -> None:
+    """A run that failed before it wrote anything leaves no empty folder behind to be listed
+    as "still training"."""
+    import shutil
+
+    from lokal.rundir import is_stub
+
+    if _started_runs and is_stub(_started_runs[-1]):
+        logging.shutdown()  # release train.log
+        shutil.rmtree(_started_runs[-1], ignore_errors=True)
 
 
 def adapters_main(argv: list[str]) -> None:
@@ -54,7 +135,10 @@ def adapters_main(argv: list[str]) -> None:
     parser.add_argument("--out", type=Path, help="also write the report: FILE.md as Markdown, else JSON")
     args = parser.parse_args(argv)
     from lokal.adapters import compare, to_markdown
-    from lokal.io import write_json, write_text
+    from lokal.io import check_writable, write_json, write_text
+
+    if args.out:
+        check_writable(args.out)
 
     report = compare(args.runs)
     print(to_markdown(report))
@@ -92,6 +176,8 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
                         help="PATH tables of files: the file column (default: file, else path)")
     parser.add_argument("--split-column", help="PATH tables: a train/val/test column (default: split, if present)")
     parser.add_argument("--table", help="PATH SQLite files: the table to read")
+    parser.add_argument("--encoding", default="utf-8",
+                        help="PATH CSV/TSV/JSONL tables: the text encoding (default: utf-8; e.g. latin-1, cp1252)")
     parser.add_argument("--near", action=argparse.BooleanOptionalAction, default=True,
                         help="search near duplicates too (default: on)")
     parser.add_argument("--text-threshold", type=float, default=0.7,
@@ -110,7 +196,7 @@ def _load_source(args: argparse.Namespace):
     if len(args.target) > 1:
         raise LokalError(f"give either one PATH or data=NAME with overrides, not {args.target}")
     source = from_path(paths[0], args.text_column, args.label_column, args.file_column, args.split_column,
-                       args.table)
+                       args.table, args.encoding)
     return source, paths[0]
 
 
@@ -136,11 +222,12 @@ def audit_main(argv: list[str]) -> None:
     from lokal.audit import analyse
     from lokal.audit.core import report
     from lokal.audit.report import print_table, write_reports
+    from lokal.io import check_writable
 
     source, described = _load_source(args)
+    out = check_writable(args.out or default_out("audit", source.name))
     audit = report(analyse(source.records, source.modality, _settings(args, args.label_errors)))
     audit["source"], audit["notes"] = described, source.notes
-    out = args.out or default_out("audit", source.name)
     print_table(audit, write_reports(audit, out))
 
 
@@ -160,8 +247,10 @@ def clean_main(argv: list[str]) -> None:
     from lokal.audit import analyse
     from lokal.audit.clean import check_out, plan, write_clean
 
+    from lokal.io import check_writable
+
     source, _ = _load_source(args)
-    check_out(args.out, source)  # refuse before the slow part
+    check_out(check_writable(args.out), source)  # refuse before the slow part
     analysis = analyse(source.records, source.modality, _settings(args, args.drop_label_errors))
     summary = write_clean(source, analysis, plan(analysis, args.pii, args.drop_label_errors), args.out, args.pii)
     _print_clean(summary, source)
@@ -211,15 +300,17 @@ def predict_main(argv: list[str]) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (default: stop)")
     args = parser.parse_args(argv)
+    from lokal.io import check_writable
     from lokal.predict import collect_inputs, load_predictor, print_predictions, probabilities, to_frame
     from lokal.predict import write_predictions as write_csv
 
+    run = args.source.resolve()
+    run = run.parent if run.name == "adapter" else run  # RUN_DIR/adapter: named after its run
+    out = check_writable(args.out or default_out("predict", run.name, ".csv"))
     predictor = load_predictor(args.source)
     ids, items = collect_inputs(args.inputs, predictor, args.text_column, args.file_column)
     frame = to_frame(ids, probabilities(predictor, items, args.batch_size, args.device, args.skip_bad),
                      predictor.class_names)
-    name = Path(predictor.source).resolve().name
-    out = args.out or default_out("predict", name, ".csv")
     print_predictions(frame, len(ids), write_csv(frame, out))
 
 
@@ -240,10 +331,11 @@ def compare_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     from lokal.compare import compare, lower_is_better, print_table, write_reports
 
+    from lokal.io import check_writable
+
     lower = lower_is_better(args.metric) if args.lower_is_better is None else args.lower_is_better
+    out = check_writable(args.out or default_out("compare", args.paths[0].resolve().name))
     rows = compare(args.paths, args.metric, lower)
-    name = args.paths[0].resolve().name
-    out = args.out or default_out("compare", name)
     print_table(rows, args.metric, write_reports(rows, args.metric, out, lower))
 
 
@@ -305,13 +397,13 @@ def main() -> None:
 
 
 def _user_errors(command: Callable[[list[str]], None], argv: list[str]) -> None:
-    """A LokalError is the user's input: its message, no traceback (also when Hydra's
-    instantiate wrapped it)."""
+    """The user's mistake (a LokalError, also when Hydra's instantiate wrapped it; a folder that
+    cannot be written): its message, no traceback."""
     try:
         command(argv)
     except Exception as err:
-        user_error = _lokal_error(err)
-        if user_error is None:
+        message = user_message(err)
+        if message is None:
             raise
-        print(f"\nlokal: {user_error}", file=sys.stderr)
+        print(f"\nlokal: {message}", file=sys.stderr)
         raise SystemExit(2) from None

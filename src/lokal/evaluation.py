@@ -19,7 +19,7 @@ PLOTS_DIR = "plots"
 
 @dataclass
 class Evaluation:
-    """The `evaluation` config node (conf/evaluation/default.yaml): what a run reports after training."""
+    """The `evaluation` config node (src/lokal/conf/evaluation/default.yaml): what a run reports after training."""
 
     plots: bool = True
     """PNG plots in RUN_DIR/plots/: confusion matrix, ROC curves, per-class F1, learning curves."""

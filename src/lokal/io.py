@@ -40,6 +40,25 @@ def write_folder_atomically(target: Path, write: Callable[[Path], None]) -> Path
     return target
 
 
+def check_writable(target: Path, what: str = "--out") -> Path:
+    """Refuse, before any work, an output whose folder cannot be written (read-only, another
+    user's). A real probe file, not os.access: root passes os.access on read-only mounts too."""
+    import tempfile
+
+    from lokal import LokalError
+
+    target = Path(target).expanduser()
+    existing = next(p for p in [target, *target.parents] if p.exists())
+    folder = existing if existing.is_dir() else existing.parent
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise LokalError(f"{what} {target}: cannot write in {folder} ({err.strerror}); give a folder you can "
+                         "write to") from None
+    return target
+
+
 def write_text(target: Path, text: str) -> Path:
     return write_atomically(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 

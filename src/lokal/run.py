@@ -28,9 +28,12 @@ def train(cfg: DictConfig) -> dict:
     returned, so a sweep started again skips its finished runs."""
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    from lokal.rundir import finished_metrics, is_finished, run_lock
+    from lokal.config_checks import check_ranges
+    from lokal.rundir import claim_run_folder, finished_metrics, is_finished, run_lock
 
     run_dir = Path(cfg.paths.run_dir)
+    check_ranges(cfg)
+    claim_run_folder(run_dir, cfg, is_main=rank_zero_only.rank == 0)
     if is_finished(run_dir):
         log.warning("%s finished before: returning its metrics.json (a new folder trains anew)", run_dir)
         return finished_metrics(run_dir)
@@ -341,6 +344,7 @@ def build(cfg: DictConfig, method=None):
     datamodule = instantiate(cfg.data)
     check_task(cfg.model, datamodule)
     check_modality(cfg.model, datamodule)
+    check_classes(datamodule)
     sized = {"num_classes": len(datamodule.class_names)} if task_of(datamodule) == "classification" else {}
     model = instantiate(cfg.model, **sized)
     datamodule.use_model(model)
@@ -369,6 +373,15 @@ def check_task(model_cfg: DictConfig, datamodule) -> None:
     if model_task != data_task:
         raise LokalError(f"data={data_choice(datamodule)} needs {TASK_MODELS.get(data_task, data_task)}; "
                          f"model {model_cfg.name} is a {model_task} model")
+
+
+def check_classes(datamodule) -> None:
+    """A classifier needs two classes to tell apart: refuse one before the model loads."""
+    if task_of(datamodule) != "classification" or len(datamodule.class_names) >= 2:
+        return
+    raise LokalError(f"data={data_choice(datamodule)} has a single class {datamodule.class_names}: a classifier "
+                     "needs at least two. Check data.label_column (is it the label?), data.label_map and "
+                     "data.classes, or add examples of the other classes")
 
 
 def check_modality(model_cfg: DictConfig, datamodule) -> None:

@@ -19,6 +19,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 LOCK = "run.lock"
+RECORD = Path(".lokal")  # the config a folder's run started with, and a copy of Hydra's own record of it
+HYDRA_RECORD = Path(".hydra")
 FINISHED = "metrics.json"  # written last by every run: its presence marks a finished run
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
@@ -35,6 +37,41 @@ def resume_checkpoint(run_dir: Path) -> str | None:
     """The checkpoint an unfinished run continues from, if it saved one."""
     last = Path(run_dir) / LAST_CHECKPOINT
     return str(last) if last.is_file() else None
+
+
+# -- one folder, one config ---------------------------------------------------------------------
+def claim_run_folder(run_dir: Path, cfg, is_main: bool = True) -> None:
+    """Refuse a folder that holds a run of another config (naming the keys that differ), putting
+    back the `.hydra/` files Hydra already overwrote; else record this config as the folder's."""
+    from omegaconf import OmegaConf
+
+    from lokal import LokalError
+    from lokal.config_checks import check_same_config
+    from lokal.io import write_text
+
+    run_dir = Path(run_dir)
+    saved = run_dir / RECORD / "config.yaml"
+    try:
+        check_same_config(saved if saved.is_file() else run_dir / "config.yaml", cfg)
+    except LokalError:
+        _copy_yaml(run_dir / RECORD / "hydra", run_dir / HYDRA_RECORD)
+        raise
+    if is_main and not saved.is_file():
+        write_text(saved, OmegaConf.to_yaml(cfg, resolve=True))
+        _copy_yaml(run_dir / HYDRA_RECORD, run_dir / RECORD / "hydra")
+
+
+def _copy_yaml(source: Path, target: Path) -> None:
+    from lokal.io import write_text
+
+    for file in sorted(source.glob("*.yaml")):
+        write_text(target / file.name, file.read_text(encoding="utf-8"))
+
+
+def is_stub(run_dir: Path) -> bool:
+    """A folder a failed start left with only Hydra's files in it (no config, checkpoint or result)."""
+    run_dir = Path(run_dir)
+    return run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {HYDRA_RECORD.name, RECORD.name, "train.log", LOCK}
 
 
 # -- finding the run folder again ------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Sweeps on Slurm: hydra-submitit-launcher's SlurmLauncher, checked before anything is submitted.
 
-`python train.py -m hydra/launcher=slurm method=lora,bitfit` (conf/hydra/launcher/slurm.yaml) runs
+`python train.py -m hydra/launcher=slurm method=lora,bitfit` (src/lokal/conf/hydra/launcher/slurm.yaml) runs
 each run as one task of a Slurm job array. What lokal adds to the plugin:
 
 - before the sweep folder exists or a job is submitted, Slurm itself is asked: `sbatch`, `srun` and
@@ -69,7 +69,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
             jobs = executor.map_array(self, *zip(*job_params, strict=True))
         except Exception as err:  # sbatch refused: what it said is the message
             self.discard_sweep_dir()
-            stop(LokalError(f"sbatch refused the sweep: {err}. Fix hydra.launcher.* (conf/hydra/launcher/"
+            stop(LokalError(f"sbatch refused the sweep: {err}. Fix hydra.launcher.* (src/lokal/conf/hydra/launcher/"
                             f"slurm.yaml); nothing was submitted"))
         log.info("submitted Slurm jobs %s (squeue --me; logs in %s)", ", ".join(j.job_id for j in jobs),
                  self.params["submitit_folder"].replace("%j", "<job id>"))
@@ -166,7 +166,7 @@ def check_fields(params: dict) -> None:
     for key in POSITIVE:
         if not isinstance(params.get(key), int) or params[key] < 1:
             raise LokalError(f"hydra.launcher.{key} is {params.get(key)!r}: it is required and must be a whole "
-                             f"number >= 1 (conf/hydra/launcher/slurm.yaml)")
+                             f"number >= 1 (src/lokal/conf/hydra/launcher/slurm.yaml)")
     for key in OPTIONAL_POSITIVE:
         if params.get(key) is not None and params[key] <= 0:
             raise LokalError(f"hydra.launcher.{key} is {params[key]!r}: set a number > 0, or null")

@@ -18,7 +18,6 @@ import tempfile
 from pathlib import Path
 
 from lokal import LokalError
-from lokal.io import write_text
 
 PACKAGES = ("asterisk-core-sounds-en-wav", "asterisk-core-sounds-en")
 SOUNDS = Path("usr/share/asterisk/sounds/en_US_f_Allison")
@@ -32,18 +31,28 @@ _ANNOTATION = re.compile(r"\s*(\[[^\]]*\]|\([^)]*\))")
 
 
 def asterisk_sounds(cache: Path | None = None) -> Path:
-    """Folder with `wav/` (the recordings) and `transcripts.tsv` (columns file, text; file relative to it)."""
+    """Folder with `wav/` (the recordings) and `transcripts.tsv` (columns file, text; file relative to it).
+
+    Built whole in a temporary sibling and published with one rename: a fresh cache folder is
+    created on demand, a killed build leaves nothing half-made, and two processes building it
+    at once both end with the folder the first one published."""
+    from lokal.io import write_folder_atomically
     from lokal.shipped import CACHE_DIR
 
     folder = Path(cache or CACHE_DIR) / "asterisk-sounds-en"
-    table = folder / "transcripts.tsv"
-    if not table.exists():
-        root = _installed_root() or _download(folder)
-        _link_or_move(root / SOUNDS, folder / "wav")
-        rows = transcript_rows((root / TRANSCRIPTS).read_bytes(), folder / "wav")
-        write_text(table, _tsv(rows))  # written last: its presence means the folder is complete
-        shutil.rmtree(folder / "deb", ignore_errors=True)
+    if not (folder / "transcripts.tsv").exists():
+        shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder left by an older lokal
+        write_folder_atomically(folder, _build_asterisk_folder)
     return folder
+
+
+def _build_asterisk_folder(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    root = _installed_root() or _download(folder)
+    _link_or_move(root / SOUNDS, folder / "wav")
+    rows = transcript_rows((root / TRANSCRIPTS).read_bytes(), folder / "wav")
+    (folder / "transcripts.tsv").write_text(_tsv(rows), encoding="utf-8")
+    shutil.rmtree(folder / "deb", ignore_errors=True)
 
 
 def transcript_rows(gz: bytes, wav: Path) -> list[tuple[str, str]]:
@@ -99,8 +108,6 @@ def _run(command: list[str], cwd: str, hint: str) -> None:
 
 
 def _link_or_move(source: Path, target: Path) -> None:
-    if target.is_symlink() or target.exists():
-        shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
     if source.is_relative_to("/usr"):  # installed system-wide: point at it, copy nothing
         target.symlink_to(source)
     else:

@@ -68,6 +68,7 @@ def load_weights(model: nn.Module, run_dir: Path) -> nn.Module:
     if (run_dir / ADAPTER_DIR).is_dir():
         from peft import PeftModel
 
+        check_adapter_folder(run_dir / ADAPTER_DIR)
         from lokal.methods.prompt import patch_peft_for_transformers_cache, ready_for_prompts
 
         patch_peft_for_transformers_cache()  # before loading: PEFT checks prefix-tuning support on load
@@ -81,6 +82,19 @@ def load_weights(model: nn.Module, run_dir: Path) -> nn.Module:
         raise LokalError(f"{run_dir} holds no trained weights ({ADAPTER_DIR}/ or {WEIGHTS_FILE}): did the run finish?")
     load_into(model.net, load_file(str(weights)))
     return model
+
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors|adapter_model.bin")
+
+
+def check_adapter_folder(folder: Path) -> None:
+    """PEFT reads a folder missing its weights as a hub name and fails with an unrelated
+    message: name the missing file instead."""
+    for names in ADAPTER_FILES:
+        if not any((folder / name).is_file() for name in names.split("|")):
+            raise LokalError(f"{folder} lacks {names.replace('|', ' (or ')}{')' if '|' in names else ''}: the "
+                             "adapter was deleted or copied only in part. Copy the whole adapter/ folder back, "
+                             "or train the run again")
 
 
 def adapter_name(run_dir: Path) -> str:

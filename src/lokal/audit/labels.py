@@ -24,10 +24,12 @@ def text_features(texts: list[str]):
     from scipy.sparse import hstack
     from sklearn.feature_extraction.text import TfidfVectorizer
 
+    from lokal.baseline import fit_transform_or_empty
+
     words = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=50_000)
     chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 4), min_df=2, sublinear_tf=True,
                             max_features=100_000)
-    return hstack([words.fit_transform(texts), chars.fit_transform(texts)]).tocsr()
+    return hstack([fit_transform_or_empty(words, texts), fit_transform_or_empty(chars, texts)]).tocsr()
 
 
 def out_of_fold_probabilities(features, labels: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -63,6 +65,9 @@ def likely_label_errors(features, labels: list[str], limit: int = 50) -> dict:
     if len(usable) < 2:
         return {"checked": 0, "flagged": 0, "rows": [], "skipped_classes": skipped,
                 "note": f"needs 2+ classes with {MIN_CLASS_ROWS}+ distinct items"}
+    if features.shape[1] == 0:
+        return {"checked": 0, "flagged": 0, "rows": [], "skipped_classes": skipped,
+                "note": "the items share no word or character n-gram for the quick model to learn from"}
     classes = sorted(usable)
     y = np.array([classes.index(label) for label, k in zip(labels, keep, strict=True) if k])
     index = np.nonzero(keep)[0]

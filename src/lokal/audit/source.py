@@ -34,7 +34,7 @@ class Source:
 
 # -- data=NAME ------------------------------------------------------------------------------
 def from_config(overrides: list[str]) -> Source:
-    """Compose conf/train.yaml with the overrides and read the data module's records(),
+    """Compose src/lokal/conf/train.yaml with the overrides and read the data module's records(),
     the raw rows in the split the config makes: deduplication, redaction and slang rewriting
     off, file checks left to the audit."""
     from hydra import compose, initialize_config_dir
@@ -90,7 +90,7 @@ def from_module(module, name: str) -> Source:
 
 # -- PATH -------------------------------------------------------------------------------------
 def from_path(path: str, text_column: str = "text", label_column: str = "label", file_column: str = "file",
-              split_column: str | None = None, table: str | None = None) -> Source:
+              split_column: str | None = None, table: str | None = None, encoding: str = "utf-8") -> Source:
     """A table (CSV/TSV/JSONL/Parquet/SQLite) of texts or of file paths, or a folder of class folders."""
     target = Path(path)
     if target.is_dir():
@@ -100,7 +100,10 @@ def from_path(path: str, text_column: str = "text", label_column: str = "label",
                          "an image/audio folder, or a data config (lokal audit data=NAME)")
     from lokal.data.tables import read_table
 
-    frame = read_table(str(target), table)
+    try:
+        frame = read_table(str(target), table, encoding)
+    except LokalError as err:  # read_table speaks of config keys; this command has flags
+        raise LokalError(str(err).replace("data.encoding=", "--encoding ").replace("data.table", "--table")) from None
     split_column = split_column or ("split" if "split" in frame.columns else None)
     for column, option in ((label_column, "--label-column"), (split_column, "--split-column")):
         if column and column not in frame.columns:

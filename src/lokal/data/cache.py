@@ -44,7 +44,7 @@ def digest(*parts: object) -> str:
 
 def file_identity(path: str | Path) -> str:
     """path + size + mtime: a re-saved or edited file gets a new identity, without reading it."""
-    path = Path(path).resolve()
+    path = Path(os.path.realpath(path))  # not Path.resolve: it raises RuntimeError on a symlink loop
     stat = path.stat()
     return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
 

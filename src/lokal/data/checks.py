@@ -7,6 +7,7 @@ passes a JPEG cut off halfway, and that file would crash training in epoch 3.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -27,6 +28,8 @@ def modality_of(path: str | Path) -> str | None:
 def check_file(path: str | Path) -> str | None:
     """Why `path` cannot be used as an image or audio file, or None when it can."""
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        return f"a symbolic link that loops or points nowhere ({path} -> {os.readlink(path)})"
     if not path.is_file():
         return "file not found"
     if path.stat().st_size == 0:

@@ -30,6 +30,7 @@ class FileTableDataModule(LabelledFilesDataModule):
         root: str | None = None,
         table: str | None = None,
         classes: list[str] | None = None,
+        label_map: dict | None = None,
         group_column: str | None = None,
         metadata_columns: list[str] | None = None,
         split_column: str | None = None,
@@ -58,6 +59,7 @@ class FileTableDataModule(LabelledFilesDataModule):
         self.file_column, self.label_column = file_column, label_column
         self.group_column, self.split_column = group_column, split_column
         self.metadata_columns = list(metadata_columns or [])
+        self.label_map = dict(label_map or {})
         frame = self._listing()
         self.root = Path(root) if root else Path(path).parent
         frame["path"] = [str(resolve(self.root, f)) for f in frame["_id"]]
@@ -76,7 +78,8 @@ class FileTableDataModule(LabelledFilesDataModule):
             raise LokalError(f"{self.path}: the table has no rows; add one row per file")
         frame = frame[list(dict.fromkeys(columns.values()))].assign(_row=range(len(frame)))
         require_values(frame, {"file_column": self.file_column, "label_column": self.label_column}, self.path)
-        frame = tag_rows(frame, self.label_column, self.group_column, self.split_column, str(self.path))
+        frame = tag_rows(frame, self.label_column, self.group_column, self.split_column, str(self.path),
+                         self.label_map)
         return frame.assign(_id=frame[self.file_column].astype(str).str.strip())
 
 

@@ -261,11 +261,31 @@ def label_strings(labels: pd.Series) -> pd.Series:
     return labels.astype(str).str.strip()
 
 
+def warn_label_spellings(labels: list[str], where: str) -> None:
+    """Two spellings of one class ("Negative" / "negative", "1" / "positive") silently become two
+    classes: say so, with the `data.label_map` that merges them."""
+    by_folded: dict[str, list[str]] = {}
+    for label in labels:
+        by_folded.setdefault(label.casefold().strip(), []).append(label)
+    for spellings in (s for s in by_folded.values() if len(s) > 1):
+        mapping = ", ".join(f"{s}: {spellings[-1]}" for s in spellings[:-1])
+        log.warning("%s: labels %s differ only in case and are separate classes; if they are one class, set "
+                    "data.label_map='{%s}'", where, spellings, mapping)
+    numbers = [label for label in labels if label.lstrip("-").isdigit()]
+    if numbers and len(numbers) < len(labels):
+        words = [label for label in labels if label not in numbers]
+        log.warning("%s: labels mix numbers %s and words %s: each is its own class; if a number is a word's "
+                    "code, set data.label_map, e.g. data.label_map='{%s: %s}'", where, numbers, words, numbers[0],
+                    words[0])
+
+
 def known_classes(labels: pd.Series, classes: Sequence | None, ids: pd.Series, where: str) -> list[str]:
     """The class list: `classes` in the user's order, else the labels found, sorted. A label
     outside `classes` (a typo, a stray "netral") is an error naming the rows it is in."""
     if classes is None:
-        return sorted(labels.unique())
+        found = sorted(labels.unique())
+        warn_label_spellings(found, where)
+        return found
     classes = [str(c) for c in classes]
     if len(set(classes)) != len(classes):
         raise LokalError(f"data.classes={classes} lists a class twice")

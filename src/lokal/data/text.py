@@ -14,7 +14,7 @@ from lokal.data.base import SplitDataModule, balanced_sampler, make_records, rec
 from lokal.data.cache import cache_folder
 from lokal.data.resumable import global_batch_size, resumable_loader
 from lokal.data.splits import known_classes, split_rows
-from lokal.data.tables import LABEL, fold_text, read_table, require_columns, tag_rows, wanted_columns
+from lokal.data.tables import LABEL, fold_text, map_labels, read_table, require_columns, tag_rows, wanted_columns
 
 log = logging.getLogger(__name__)
 DEDUP = (True, False, "near")  # near: also near copies (lokal audit's MinHash search)
@@ -34,6 +34,7 @@ class TextDataModule(SplitDataModule):
         label_column: str = "label",
         table: str | None = None,
         label_names: dict | None = None,
+        label_map: dict | None = None,
         classes: list[str] | None = None,
         dedup: bool | str = True,
         pii: str | None = None,
@@ -61,6 +62,7 @@ class TextDataModule(SplitDataModule):
         self.group_column, self.split_column = group_column, split_column
         self.metadata_columns = list(metadata_columns or [])
         self.label_names = {str(k): v for k, v in (label_names or {}).items()}
+        self.label_map = dict(label_map or {})
         self.dedup, self.pii = check_choice("dedup", dedup, DEDUP), check_choice("pii", pii, PII)
         self.balance, self.seed = balance, seed
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
@@ -98,6 +100,8 @@ class TextDataModule(SplitDataModule):
         require_columns(frame, columns, self.path)
         frame = frame[list(dict.fromkeys(columns.values()))].assign(_row=range(len(frame)))
         frame = self._drop_empty(frame)
+        if self.label_map:  # before dedup: "Negative" and "negative" on one text are one label, not a conflict
+            frame[self.label_column] = map_labels(frame[self.label_column], self.label_map)
         self.stats["rows"] = len(frame)
         if self.pii:
             frame = self._handle_pii(frame)

@@ -5,7 +5,7 @@ A few methods also shape training; they override the optional hooks of `Method`,
 `LokalModule` calls: per-group learning rates (layer-wise decay), a loss penalty (L2-SP),
 and a per-epoch change of what trains (gradual unfreezing). The defaults do nothing.
 
-Adding a method = `src/lokal/methods/NAME.py` + `conf/method/NAME.yaml` + a row in
+Adding a method = `src/lokal/methods/NAME.py` + `src/lokal/conf/method/NAME.yaml` + a row in
 `tests/test_methods.py`.
 """
 
@@ -23,7 +23,7 @@ from lokal import LokalError
 @dataclass
 class Method:
     """What every method offers. Subclasses set their own `lr` default (the learning rate
-    the method usually wants; `conf/optimizer` reads it) and implement `apply`."""
+    the method usually wants; `src/lokal/conf/optimizer` reads it) and implement `apply`."""
 
     lr: float = 1e-3
 

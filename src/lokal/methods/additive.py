@@ -31,7 +31,7 @@ class Additive(Method):
     target_modules: list[str] | None = None
     feedforward_modules: list[str] | None = None
     side_dim: int = 64  # side: width of the side network
-    adapter_name: str = "default"  # ia3: the PEFT adapter name (adapter.name in conf/train.yaml)
+    adapter_name: str = "default"  # ia3: the PEFT adapter name (adapter.name in src/lokal/conf/train.yaml)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

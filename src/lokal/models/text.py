@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from lokal import LokalError
+from lokal.io import write_folder_atomically
 from lokal.shipped import CACHE_DIR
 
 
@@ -111,28 +112,21 @@ def gguf_to_hf(gguf: Path) -> str:
     stat = gguf.stat()
     key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     target = CACHE_DIR / "gguf" / f"{gguf.stem}-{key}"
-    if not (target / "config.json").exists():
-        _convert_gguf(gguf, target)
+    if not (target / "config.json").exists():  # built in a temporary folder, published with one rename
+        write_folder_atomically(target, lambda tmp: _convert_gguf(gguf, tmp))
     return str(target)
 
 
-def _convert_gguf(gguf: Path, target: Path) -> None:
-    import os
-    import shutil
-
+def _convert_gguf(gguf: Path, out: Path) -> None:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # transformers marks GGUF-loaded models "quantized" and refuses save_pretrained, although
     # the weights are already dequantised floats: write config and weights ourselves.
-    model.config.save_pretrained(tmp)
+    model.config.save_pretrained(out)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     if model.config.get_text_config().tie_word_embeddings:
         state.pop("lm_head.weight", None)  # a view of the embedding; the loader re-ties it
-    save_file(state, str(tmp / "model.safetensors"))
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    save_file(state, str(out / "model.safetensors"))

@@ -44,7 +44,7 @@ SYNTAX = "choice(a, b), interval(low, high), tag(log, interval(low, high)) or ra
 class OptunaSweeper(Sweeper):
     """Optuna TPE search (Akiba et al. 2019; Bergstra et al. 2011) with pruning, resumable.
 
-    Fields are the keys of conf/hydra/sweeper/lokal_optuna.yaml."""
+    Fields are the keys of src/lokal/conf/hydra/sweeper/lokal_optuna.yaml."""
 
     study_name: str | None = None  # finds the study again: the same name continues it
     n_trials: int = 20  # the total wanted, over every start of the sweep
@@ -106,7 +106,7 @@ class OptunaSweeper(Sweeper):
         if isinstance(self.n_jobs, bool) or not isinstance(self.n_jobs, int) or self.n_jobs < 1:
             raise LokalError(f"{where}.n_jobs={self.n_jobs!r}: trials launched together, 1 or more")
         if not self.dir or not self.storage:
-            raise LokalError(f"{where}.dir and {where}.storage must be set (conf/hydra/sweeper/lokal_optuna.yaml "
+            raise LokalError(f"{where}.dir and {where}.storage must be set (src/lokal/conf/hydra/sweeper/lokal_optuna.yaml "
                              "has defaults under paths.output_dir)")
         make_pruner(self.pruner)  # a misspelled pruner fails now, not in the first trial
 

@@ -1,0 +1,55 @@
+"""What every lokal data module shares: the Lightning loader hooks, the balanced sampler and
+the records() table `lokal audit` reads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import pandas as pd
+from torch.utils.data import DataLoader
+
+
+def make_records(parts: dict[str, pd.DataFrame], columns: dict[str, str]) -> pd.DataFrame:
+    """Contract 1 (one row per kept example, for `lokal audit`): `columns` maps each record
+    column (id, label, text or path, group, metadata) to the module's own column."""
+    frames = []
+    for name, part in parts.items():
+        record = pd.DataFrame({out: part[col].to_numpy() for out, col in columns.items()})
+        record.insert(1, "split", name)  # columns: id, split, label, ...
+        frames.append(record)
+    return pd.concat(frames, ignore_index=True)
+
+
+def record_extras(group_column: str | None, metadata_columns: list[str]) -> dict[str, str]:
+    """records() columns beyond id/split/label/content: group (if set) and the metadata."""
+    return ({"group": "_group"} if group_column else {}) | {column: column for column in metadata_columns}
+
+
+def balanced_sampler(labels: Sequence[int], seed: int):
+    """Draw training examples with probability 1 / (size of their class): every class
+    appears about equally often per epoch (with replacement), whatever the imbalance.
+    (In training, lokal.data.resumable re-seeds its generator every epoch.)"""
+    import torch
+    from torch.utils.data import WeightedRandomSampler
+
+    labels = torch.as_tensor(labels)
+    weights = 1.0 / torch.bincount(labels).float()[labels]
+    return WeightedRandomSampler(weights, num_samples=len(labels), replacement=True,
+                                 generator=torch.Generator().manual_seed(seed))
+
+
+class SplitDataModule(L.LightningDataModule):
+    """Shared loader hooks: a subclass says how to load one split with `_loader(split, train)`."""
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)

@@ -1,0 +1,243 @@
+"""A table of texts and labels (CSV, TSV, JSONL, Parquet, SQLite) as a LightningDataModule."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from lokal import LokalError
+from lokal.data.augment import TextAugment, from_config
+from lokal.data.base import SplitDataModule, balanced_sampler, make_records, record_extras
+from lokal.data.cache import cache_folder
+from lokal.data.resumable import global_batch_size, resumable_loader
+from lokal.data.splits import known_classes, split_rows
+from lokal.data.tables import LABEL, fold_text, map_labels, read_table, require_columns, tag_rows, wanted_columns
+
+log = logging.getLogger(__name__)
+DEDUP = (True, False, "near")  # near: also near copies (lokal audit's MinHash search)
+PII = (None, "redact", "drop")
+
+
+class TextDataModule(SplitDataModule):
+    """Reads the table once, drops empty and duplicate texts, splits by seed (stratified, or
+    group-aware, user-given or k-fold), tokenises once."""
+
+    modality = "text"
+
+    def __init__(
+        self,
+        path: str | None,
+        text_column: str = "text",
+        label_column: str = "label",
+        table: str | None = None,
+        label_names: dict | None = None,
+        label_map: dict | None = None,
+        classes: list[str] | None = None,
+        dedup: bool | str = True,
+        pii: str | None = None,
+        balance: bool = False,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.2,
+        seed: int = 42,
+        group_column: str | None = None,
+        metadata_columns: list[str] | None = None,
+        split_column: str | None = None,
+        folds: int = 0,
+        fold: int = 0,
+        encoding: str = "utf-8",
+        batch_size: int = 32,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        normalize_slang: bool = False,
+        augment: dict | None = None,
+        cache: bool = True,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.path, self.table, self.encoding = path, table, encoding
+        self.text_column, self.label_column = text_column, label_column
+        self.group_column, self.split_column = group_column, split_column
+        self.metadata_columns = list(metadata_columns or [])
+        self.label_names = {str(k): v for k, v in (label_names or {}).items()}
+        self.label_map = dict(label_map or {})
+        self.dedup, self.pii = check_choice("dedup", dedup, DEDUP), check_choice("pii", pii, PII)
+        self.balance, self.seed = balance, seed
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.folds, self.fold = folds, fold
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.pin_memory, self.normalize_slang = pin_memory, normalize_slang
+        self.augment = from_config(TextAugment, augment, "augment")  # EDA on training texts
+        self.cache_dir = cache_folder(cache, cache_dir)
+        self.tokenizer, self.max_length = None, 128
+        self.stats: dict[str, int] = {}
+        self.frame = self._load()
+        self.classes = known_classes(self.frame[LABEL], classes, self.frame["_id"], str(path))
+        self.class_names = [self.label_names.get(c, c) for c in self.classes]
+        self.splits = self._split()
+
+    def use_model(self, model) -> None:
+        self.tokenizer, self.max_length = model.tokenizer, model.max_length
+
+    def labels(self, split: str) -> list[int]:
+        return self.splits[split]["_y"].tolist()
+
+    def texts(self, split: str) -> list[str]:
+        return self.splits[split][self.text_column].astype(str).tolist()
+
+    def records(self) -> pd.DataFrame:
+        """One row per kept example (id "row N" = 0-based data row of the file), for `lokal audit`."""
+        return make_records(self.splits, {"id": "_id", "label": LABEL, "text": self.text_column}
+                            | record_extras(self.group_column, self.metadata_columns))
+
+    # -- loading -------------------------------------------------------------
+    def _load(self) -> pd.DataFrame:
+        frame = read_table(self.path, self.table, self.encoding)
+        columns = wanted_columns({"text_column": self.text_column, "label_column": self.label_column},
+                                 self.group_column, self.split_column, self.metadata_columns)
+        require_columns(frame, columns, self.path)
+        frame = frame[list(dict.fromkeys(columns.values()))].assign(_row=range(len(frame)))
+        frame = self._drop_empty(frame)
+        if self.label_map:  # before dedup: "Negative" and "negative" on one text are one label, not a conflict
+            frame[self.label_column] = map_labels(frame[self.label_column], self.label_map)
+        self.stats["rows"] = len(frame)
+        if self.pii:
+            frame = self._handle_pii(frame)
+        if self.dedup:
+            frame = self._drop_duplicates(frame)
+        if self.dedup == "near":
+            frame = self._drop_near_duplicates(frame)
+        return tag_rows(frame, self.label_column, self.group_column, self.split_column, str(self.path))
+
+    def _drop_empty(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Rows with no text or no label teach nothing: drop and count them; none left is an error."""
+        text = frame[self.text_column]
+        empty = text.isna() | (text.astype(str).str.strip() == "")
+        unlabelled = frame[self.label_column].isna() & ~empty
+        self.stats |= {"empty_texts_dropped": int(empty.sum()), "missing_labels_dropped": int(unlabelled.sum())}
+        dropped = ((empty, "empty text", self.text_column), (unlabelled, "no label", self.label_column))
+        for rows, what, column in dropped:
+            if rows.any():
+                log.warning("%s: dropped %d rows with %s in column %r (e.g. %s)", self.path, int(rows.sum()), what,
+                            column, ", ".join(f"row {r}" for r in frame["_row"][rows][:5]))
+        kept = frame[~empty & ~unlabelled]
+        if kept.empty:
+            raise LokalError(f"{self.path}: no usable rows: {int(empty.sum())} have empty text in column "
+                             f"{self.text_column!r} and {int(unlabelled.sum())} no label in column "
+                             f"{self.label_column!r}; check data.text_column / data.label_column")
+        return kept.assign(**{self.text_column: kept[self.text_column].astype(str)})
+
+    def _drop_duplicates(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Drop texts equal after lowercasing and whitespace folding, before any split: a copy
+        in both train and test would inflate the test score."""
+        key = fold_text(frame[self.text_column])
+        labels_per_text = frame.groupby(key)[self.label_column].nunique()
+        conflicting = key.isin(labels_per_text[labels_per_text > 1].index)
+        kept = frame[~key.duplicated() & ~conflicting]
+        self.stats |= {"duplicates_dropped": int((~conflicting).sum() - len(kept)),
+                       "conflicting_dropped": int(conflicting.sum())}
+        log.info("dropped %d duplicate rows and %d rows whose text has conflicting labels (%d kept)",
+                 self.stats["duplicates_dropped"], self.stats["conflicting_dropped"], len(kept))
+        return kept
+
+    def _handle_pii(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """NIKs, phone numbers and emails (lokal.audit.pii) are redacted to [NIK] / [PHONE] /
+        [EMAIL], or their rows dropped, before anything is split or trained on."""
+        from lokal.audit.pii import redact_series
+
+        texts = frame[self.text_column]
+        redacted = redact_series(texts)
+        changed = redacted != texts
+        if self.pii == "drop":
+            self.stats["pii_rows_dropped"] = int(changed.sum())
+            return frame[~changed]
+        self.stats["pii_rows_redacted"] = int(changed.sum())
+        return frame.assign(**{self.text_column: redacted})
+
+    def _drop_near_duplicates(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Near copies (the audit's MinHash search, the audit's threshold) keep their first row;
+        a near-copy group with two labels is dropped whole, as exact conflicts are."""
+        from lokal.audit.core import AuditSettings
+        from lokal.audit.text import near_duplicate_groups
+
+        groups = near_duplicate_groups(frame[self.text_column].tolist(), AuditSettings().text_threshold)
+        labels = frame[self.label_column].to_numpy()
+        drop: list[int] = []
+        for group in groups:
+            conflicting = len(set(labels[group])) > 1
+            drop += group if conflicting else group[1:]
+        self.stats["near_duplicates_dropped"] = len(drop)
+        log.info("dropped %d near-duplicate rows (%d kept)", len(drop), len(frame) - len(drop))
+        return frame.drop(frame.index[drop])
+
+    def _split(self) -> dict[str, pd.DataFrame]:
+        frame = self.frame
+        index = split_rows(frame[LABEL], self.val_fraction, self.test_fraction, self.seed, str(self.path),
+                           groups=frame.get("_group"), given=frame.get("_given"), folds=self.folds, fold=self.fold)
+        labels = frame[LABEL].map({name: i for i, name in enumerate(self.classes)}).to_numpy()
+        frames = {name: frame.iloc[rows].assign(_y=labels[rows]) for name, rows in index.items()}
+        self.stats |= {f"{name}_rows": len(f) for name, f in frames.items()}
+        return frames
+
+    # -- Lightning hooks ---------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is None:
+            raise RuntimeError("call use_model(model) before setup: the tokenizer comes from the model")
+        if not hasattr(self, "datasets"):
+            self.datasets = {name: self._encode(frame, train=name == "train") for name, frame in self.splits.items()}
+
+    def _encode(self, frame: pd.DataFrame, train: bool = False) -> list[dict]:
+        """Token ids per row, read from the cache when this data version was tokenised before.
+        Slang normalisation applies to every split: the model must see the same words at test
+        time. With augment, training rows keep their text for the collate function to augment
+        and tokenise afresh each epoch (their cached ids still give lengths for batching)."""
+        from lokal.data.augment import normalize_slang
+        from lokal.data.cache import encode_texts, file_identity
+
+        texts = frame[self.text_column].astype(str).tolist()
+        if self.normalize_slang:
+            texts = [normalize_slang(t) for t in texts]
+        source = f"{file_identity(self.path)}|{self.table}" if self.cache_dir else ""
+        rows = encode_texts(self.tokenizer, texts, self.max_length, self.cache_dir, source)
+        keep = train and self.augment is not None
+        # "index": the row's place in its split, so predictions from length-sorted batches can be put back in order
+        return [row | {"label": y, "index": i} | ({"text": text} if keep else {})
+                for i, (row, text, y) in enumerate(zip(rows, texts, frame["_y"], strict=True))]
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        """Batches of similar length: padding a 40-token batch to its one 128-token text
+        tripled the step time on the shipped corpus. Training order stays random across
+        groups (HF's LengthGroupedSampler); evaluation goes shortest first. With `balance`,
+        training draws classes equally often instead (lengths then mix)."""
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        rows = self.datasets[split]
+        lengths = [len(r["input_ids"]) for r in rows]
+        settings = {"batch_size": self.batch_size, "num_workers": self.num_workers, "pin_memory": self.pin_memory,
+                    "collate_fn": self._collate(train)}
+        if not train:
+            return DataLoader(rows, sampler=sorted(range(len(rows)), key=lengths.__getitem__), **settings)
+        if self.balance:
+            sampler = balanced_sampler(self.labels(split), self.seed)
+        else:
+            sampler = LengthGroupedSampler(global_batch_size(self.batch_size), lengths=lengths,
+                                           generator=torch.Generator())
+        return resumable_loader(rows, sampler, self.seed, **settings)
+
+    def _collate(self, train: bool):
+        from lokal.data.augment import TextCollate
+        from lokal.data.cache import quiet_tokenizer_fork
+
+        augment = self.augment if train else None
+        if augment is not None and self.num_workers:
+            quiet_tokenizer_fork()
+        return TextCollate(self.tokenizer, self.max_length, augment)
+
+
+def check_choice(key: str, value, choices: tuple) -> object:
+    """A config value from a fixed set, or an error listing the set."""
+    if value not in choices:
+        raise LokalError(f"data.{key}={value!r}: choose one of {', '.join(map(repr, choices))}")
+    return value

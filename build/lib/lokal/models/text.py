@@ -1,0 +1,132 @@
+"""Hugging Face text models (BERT-style encoders, GPT/LLaMA/Gemma decoders) as classifiers."""
+
+from __future__ import annotations
+
+import hashlib
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lokal import LokalError
+from lokal.io import write_folder_atomically
+from lokal.shipped import CACHE_DIR
+
+
+class TextClassifier(nn.Module):
+    """`AutoModelForSequenceClassification` over any hub name, local folder or `.gguf` file."""
+
+    modality = "text"
+    task = "classification"
+
+    def __init__(
+        self,
+        name: str,
+        num_classes: int,
+        max_length: int = 128,
+        lora_targets: list[str] | None = None,
+        dtype: str = "float32",
+    ) -> None:
+        super().__init__()
+        from transformers import AutoModelForSequenceClassification
+
+        self.name, self.max_length, self.lora_targets = name, max_length, list(lora_targets or [])
+        # the new head is reported "MISSING": expected
+        self.tokenizer, self.net, missing = load_pretrained(AutoModelForSequenceClassification, name, dtype,
+                                                            num_labels=num_classes)
+        missing = [k for k in missing if not k.startswith(tuple(self.head_names))]
+        if missing:  # only the new head may start random
+            raise LokalError(f"{name}: pretrained weights missing for {missing[:8]}; is it a complete checkpoint?")
+        # Decoders classify from the last non-pad token, so they must know the pad id.
+        self.net.config.pad_token_id = self.tokenizer.pad_token_id
+
+    @property
+    def head_names(self) -> list[str]:
+        base = self.net.base_model_prefix  # methods' own modules (`lokal_*`) are not the head
+        return [n for n, m in self.net.named_children()
+                if n != base and not n.startswith("lokal_") and any(True for _ in m.parameters())]
+
+    def blocks(self) -> list[str]:
+        """Transformer layers: the ModuleList holding most parameters (encoder.layer, layers, h)."""
+        lists = [(n, m) for n, m in self.net.named_modules() if isinstance(m, nn.ModuleList) and len(m)]
+        name, layers = max(lists, key=lambda nm: sum(p.numel() for p in nm[1].parameters()))
+        return [f"{name}.{i}" for i in range(len(layers))]
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def load_pretrained(auto_class, name: str, dtype: str, **kwargs) -> tuple:
+    """(tokenizer, model, missing weight names) from a hub name, folder or `.gguf` file,
+    without transformers' load chatter and with one clear error when it cannot be loaded."""
+    source = gguf_to_hf(Path(name)) if name.endswith(".gguf") else name
+    with quiet_transformers(), explain_load_errors(name):
+        tokenizer = load_tokenizer(source)
+        net, info = auto_class.from_pretrained(source, dtype=getattr(torch, dtype), output_loading_info=True, **kwargs)
+    return tokenizer, net, info["missing_keys"]
+
+
+@contextmanager
+def quiet_transformers():
+    """No load chatter: warnings about the new head and the per-tensor "Loading weights" bar."""
+    from transformers.utils import logging
+
+    level, bar = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+        if bar:
+            logging.enable_progress_bar()
+
+
+@contextmanager
+def explain_load_errors(name: str):
+    """A hub name that cannot be fetched (offline, typo, gated) becomes one clear message."""
+    try:
+        yield
+    except OSError as err:
+        raise LokalError(
+            f"model.name={name} could not be loaded ({str(err).splitlines()[0]}). Give a local folder or "
+            "a .gguf file, or a hub name with the network on (HF_HUB_OFFLINE unset; `hf auth login` for "
+            "gated models)"
+        ) from err
+
+
+def load_tokenizer(source: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:  # GPT/LLaMA tokenizers ship without one
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def gguf_to_hf(gguf: Path) -> str:
+    """Dequantise a GGUF file once into a cached HF folder; transformers' GGUF loading is slow."""
+    if not gguf.is_file():
+        raise LokalError(f"GGUF file not found: {gguf}")
+    stat = gguf.stat()
+    key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = CACHE_DIR / "gguf" / f"{gguf.stem}-{key}"
+    if not (target / "config.json").exists():  # built in a temporary folder, published with one rename
+        write_folder_atomically(target, lambda tmp: _convert_gguf(gguf, tmp))
+    return str(target)
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # transformers marks GGUF-loaded models "quantized" and refuses save_pretrained, although
+    # the weights are already dequantised floats: write config and weights ourselves.
+    model.config.save_pretrained(out)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if model.config.get_text_config().tie_word_embeddings:
+        state.pop("lm_head.weight", None)  # a view of the embedding; the loader re-ties it
+    save_file(state, str(out / "model.safetensors"))

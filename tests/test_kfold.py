@@ -5,9 +5,9 @@ folds, and a killed run started again continues fold by fold."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import statistics
 from itertools import combinations
+from pathlib import Path
 
 import lightning as L
 import pytest

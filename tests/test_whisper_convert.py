@@ -152,3 +152,21 @@ def test_every_recording_transcribes_well(whisper, sounds):
     hyp, ref = [normalise(h) for h in heard], [normalise(texts[f]) for f in files]
     assert sum(h == r for h, r in zip(hyp, ref, strict=True)) >= 0.75 * len(files)  # 438 of 553 with tiny.en, greedy
     assert float(word_error_rate(hyp, ref)) < 0.11  # 8.5%
+
+
+def test_the_recordings_folder_is_built_in_a_fresh_cache_by_two_processes_at_once(tmp_path):
+    """A new machine has no cache folder; two test workers may ask for the recordings together."""
+    import subprocess
+    import sys
+
+    cache = tmp_path / "new" / "cache"
+    code = "import sys; from pathlib import Path; from lokal.speech_data import asterisk_sounds; " \
+           "print(asterisk_sounds(Path(sys.argv[1])))"
+    workers = [subprocess.Popen([sys.executable, "-c", code, str(cache)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs
+    folder = cache / "asterisk-sounds-en"
+    assert {out.strip() for out, _ in outputs} == {str(folder)}
+    assert (folder / "transcripts.tsv").read_text().count("\n") > 400 and (folder / "wav").is_dir()
+    assert [p.name for p in cache.iterdir()] == ["asterisk-sounds-en"]  # no temporary folder left behind

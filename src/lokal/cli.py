@@ -246,7 +246,6 @@ def clean_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     from lokal.audit import analyse
     from lokal.audit.clean import check_out, plan, write_clean
-
     from lokal.io import check_writable
 
     source, _ = _load_source(args)
@@ -330,7 +329,6 @@ def compare_main(argv: list[str]) -> None:
     parser.add_argument("--out", type=Path, help="report folder (default: outputs/compare/NAME-TIMESTAMP)")
     args = parser.parse_args(argv)
     from lokal.compare import compare, lower_is_better, print_table, write_reports
-
     from lokal.io import check_writable
 
     lower = lower_is_better(args.metric) if args.lower_is_better is None else args.lower_is_better

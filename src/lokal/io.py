@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +14,7 @@ def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp)` on a temporary sibling, then rename it onto `target`."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # unique per writer
     try:
         write(tmp)
         os.replace(tmp, target)
@@ -27,7 +28,7 @@ def write_folder_atomically(target: Path, write: Callable[[Path], None]) -> Path
     If another process published `target` first, its folder stands."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # unique per writer
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         write(tmp)

@@ -71,7 +71,8 @@ def _copy_yaml(source: Path, target: Path) -> None:
 def is_stub(run_dir: Path) -> bool:
     """A folder a failed start left with only Hydra's files in it (no config, checkpoint or result)."""
     run_dir = Path(run_dir)
-    return run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {HYDRA_RECORD.name, RECORD.name, "train.log", LOCK}
+    stub_files = {HYDRA_RECORD.name, RECORD.name, "train.log", LOCK}
+    return run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= stub_files
 
 
 # -- finding the run folder again ------------------------------------------------------------

@@ -24,7 +24,7 @@ SOUNDS = Path("usr/share/asterisk/sounds/en_US_f_Allison")
 TRANSCRIPTS = Path("usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
 INSTALL_HINT = (
     "run `sudo apt-get update && sudo apt-get install asterisk-core-sounds-en-wav asterisk-core-sounds-en` "
-    "(Debian/Ubuntu), or put the two .deb files' contents under {cache}"
+    "(Debian/Ubuntu)"
 )
 # `[ascending tones]`, `(10 seconds of silence)`, `IAX (note: does not say "2")`: not speech.
 _ANNOTATION = re.compile(r"\s*(\[[^\]]*\]|\([^)]*\))")
@@ -87,7 +87,7 @@ def _download(folder: Path) -> Path:
     """Extract both packages under `folder/deb`; a LokalError saying how to install if that fails."""
     root = folder / "deb"
     folder.mkdir(parents=True, exist_ok=True)
-    hint = INSTALL_HINT.format(cache=root)
+    hint = INSTALL_HINT
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         raise LokalError(f"the Asterisk recordings are not installed and apt-get/dpkg-deb are missing: {hint}")
     with tempfile.TemporaryDirectory(dir=folder) as tmp:

@@ -106,8 +106,8 @@ class OptunaSweeper(Sweeper):
         if isinstance(self.n_jobs, bool) or not isinstance(self.n_jobs, int) or self.n_jobs < 1:
             raise LokalError(f"{where}.n_jobs={self.n_jobs!r}: trials launched together, 1 or more")
         if not self.dir or not self.storage:
-            raise LokalError(f"{where}.dir and {where}.storage must be set (src/lokal/conf/hydra/sweeper/lokal_optuna.yaml "
-                             "has defaults under paths.output_dir)")
+            raise LokalError(f"{where}.dir and {where}.storage must be set (src/lokal/conf/hydra/sweeper/"
+                             "lokal_optuna.yaml has defaults under paths.output_dir)")
         make_pruner(self.pruner)  # a misspelled pruner fails now, not in the first trial
 
     def open_study(self):

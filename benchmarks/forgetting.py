@@ -151,7 +151,7 @@ def task_data(backbone: str, model) -> dict:
 def train(backbone: str, method, model, data: dict, steps: int, lr: float) -> float:
     from functools import partial
 
-    from lokal.module import make_optimizer
+    from lokal.training.module import make_optimizer
 
     optimizer = make_optimizer(partial(torch.optim.AdamW, lr=lr), method.param_groups(model))
     rng = np.random.default_rng(0)

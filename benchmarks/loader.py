@@ -57,7 +57,7 @@ def step_seconds(model, method, batches: list[dict], device: str) -> float:
     """Median seconds per training step over `batches`, after one warm-up step."""
     from functools import partial
 
-    from lokal.module import make_optimizer
+    from lokal.training.module import make_optimizer
 
     optimizer = make_optimizer(partial(torch.optim.AdamW, lr=1e-4), method.param_groups(model))
     model.to(device).train()

@@ -1,5 +1,5 @@
 """Every method on MiniLM-L6, EfficientNet-Lite0 and Whisper tiny.en: seconds per training step
-under lokal (LokalModule, or SpeechModule for Whisper, in a Lightning Trainer) next to a plain
+under lokal (ClassifierModule, or SpeechModule for Whisper, in a Lightning Trainer) next to a plain
 PyTorch loop doing the same step (same trainable parameters, parameter groups and penalty) on the
 same batch in the same process; plus peak memory, trainable parameters and the size of what the
 run saves.
@@ -101,7 +101,7 @@ def plain_loop(method, model, batch, steps: int) -> float:
     """The same step written by hand: forward, loss (+ the method's penalty), backward, AdamW."""
     from functools import partial
 
-    from lokal.module import make_optimizer
+    from lokal.training.module import make_optimizer
 
     optimizer = make_optimizer(partial(torch.optim.AdamW, lr=1e-4), method.param_groups(model))
     model.train()
@@ -122,7 +122,7 @@ def lokal_loop(method, model, batch, steps: int) -> float:
     import lightning as L
     from lightning.pytorch.callbacks import Callback
 
-    from lokal.module import LokalModule
+    from lokal.tasks.classification import ClassifierModule
 
     class StepTimer(Callback):
         def on_train_batch_start(self, trainer, *args):
@@ -135,11 +135,11 @@ def lokal_loop(method, model, batch, steps: int) -> float:
     timer = StepTimer()
     optimizer = lambda params: torch.optim.AdamW(params, lr=1e-4)  # noqa: E731
     if "labels" in batch:
-        from lokal.speech import SpeechModule
+        from lokal.tasks.speech_recognition import SpeechModule
 
         module = SpeechModule(model, optimizer=optimizer, method=method)
     else:
-        module = LokalModule(model, 2, optimizer=optimizer, method=method)
+        module = ClassifierModule(model, 2, optimizer=optimizer, method=method)
     loader = torch.utils.data.DataLoader([batch] * (steps + 2), batch_size=None)
     trainer = L.Trainer(accelerator="cpu", max_steps=steps + 2, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer])

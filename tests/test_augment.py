@@ -188,14 +188,14 @@ def test_a_mixup_training_step_learns_and_leaves_validation_alone(xray_dir, tmp_
     import lightning as L
 
     from lokal.models.vision import ImageClassifier
-    from lokal.module import LokalModule
+    from lokal.tasks.classification import ClassifierModule
 
     L.seed_everything(0, verbose=False)
     data = ImageFolderDataModule(str(xray_dir), batch_size=8, cache_dir=str(tmp_path / "cache"),
                                  mixup={"mixup_alpha": 0.4, "cutmix_alpha": 0.0})
     model = ImageClassifier("test_efficientnet", 2, pretrained=False, image_size=48)
     data.use_model(model)
-    module = LokalModule(model, 2, optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3))
+    module = ClassifierModule(model, 2, optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3))
     record = recorder()
     trainer = L.Trainer(accelerator="cpu", max_epochs=10, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,

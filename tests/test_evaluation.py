@@ -253,15 +253,16 @@ def test_learning_curves_are_skipped_without_history(tmp_path):
 @pytest.mark.integration
 def test_a_run_writes_predictions_that_agree_with_metrics_and_the_best_checkpoint(run_dir, monkeypatch):
     import lokal.run
+    from lokal.tasks.classification import Classification
 
     scored = {}
 
-    def evaluate(trainer, module, datamodule):  # what trainer.test scored with the best checkpoint
-        scored.update(real_evaluate(trainer, module, datamodule))
+    def evaluate(task, trainer, module, datamodule):  # what trainer.test scored with the best checkpoint
+        scored.update(real_evaluate(task, trainer, module, datamodule))
         return scored
 
-    real_evaluate = lokal.run.evaluate
-    monkeypatch.setattr(lokal.run, "evaluate", evaluate)
+    real_evaluate = Classification.evaluate
+    monkeypatch.setattr(Classification, "evaluate", evaluate)
     cfg = compose(FAST + ["data.batch_size=16", "model.max_length=32"], run_dir)
     metrics = lokal.run.train(cfg)
 
@@ -314,9 +315,10 @@ def test_a_subgroup_column_the_data_lacks_stops_the_run_before_training(run_dir,
 def test_predictions_match_trainer_test_under_bf16_autocast(run_dir, tmp_path, tiny_text_models, monkeypatch):
     """The predictions run in the trainer's precision context and score in fp32, as its test step does."""
     import lokal.run
+    from lokal.tasks.classification import Classification
 
-    scored, real_evaluate = {}, lokal.run.evaluate
-    monkeypatch.setattr(lokal.run, "evaluate", lambda *args: scored.update(real_evaluate(*args)) or scored)
+    scored, real_evaluate = {}, Classification.evaluate
+    monkeypatch.setattr(Classification, "evaluate", lambda *args: scored.update(real_evaluate(*args)) or scored)
     texts = write_texts(tmp_path / "many.csv", 240)
     metrics = lokal.run.train(compose(tiny_run(texts, tiny_text_models, "trainer.precision=bf16-mixed",
                                                "trainer.max_epochs=2"), run_dir))

@@ -114,10 +114,10 @@ def uneven_splits(tmp_path):
 def test_class_weighted_losses_are_built_from_the_training_split_counts(loss, uneven_splits, run_dir):
     from hydra.utils import instantiate
 
-    from lokal.run import make_loss
+    from lokal.tasks.classification import class_counts
 
     cfg = compose(["data=image_folder", f"data.root={uneven_splits}", loss, "loss.class_weights_mode=balanced"],
                   run_dir)
-    built = make_loss(cfg, instantiate(cfg.data))
+    built = instantiate(cfg.loss)(class_counts=class_counts(instantiate(cfg.data)))
     assert torch.allclose(built.weight, class_weights([40, 10], "balanced"))  # 0.625, 2.5
     assert not torch.allclose(built.weight, class_weights([50, 20], "balanced"))  # not all splits' counts

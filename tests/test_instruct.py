@@ -123,8 +123,8 @@ def test_partial_trains_the_last_block_and_what_follows(lm):
 
 def test_checkpoints_hold_only_what_trains_even_when_the_head_is_tied(lm):
     """Gemma's LM head is its embedding under a second name: a LoRA checkpoint held it (680 MB)."""
-    from lokal.lm import LMModule
     from lokal.methods.lora import LoRA
+    from lokal.tasks.causal_lm import LMModule
 
     lm.net.lm_head.weight = lm.net.model.embed_tokens.weight
     module = LMModule(LoRA(r=4, alpha=8).apply(lm), optimizer=torch.optim.AdamW)
@@ -153,7 +153,7 @@ def test_the_experiment_runs_end_to_end_and_loads_back(run_dir, tiny_causal_lm):
 
     datamodule, model = load_run(run_dir)  # a fresh base from its folder + the saved adapter
     datamodule.setup()
-    from lokal.lm import corpus_metrics
+    from lokal.tasks.causal_lm import corpus_metrics
 
     reloaded = corpus_metrics(model, datamodule.test_dataloader(), torch.device("cpu"))
     assert reloaded["test/loss"].item() == pytest.approx(saved["test/loss"], rel=1e-5)

@@ -37,7 +37,7 @@ def test_layer_decay_gives_each_depth_its_own_scaled_lr(paths):
 def test_layer_decay_lrs_reach_the_optimizer(paths):
     from functools import partial
 
-    from lokal.module import make_optimizer
+    from lokal.training.module import make_optimizer
 
     method = Full(layer_decay=0.5)
     model = method.apply(make_model("bert", paths))

@@ -18,7 +18,7 @@ from lokal.methods.full import Full
 from lokal.methods.lora import LoRA
 from lokal.methods.partial import Partial
 from lokal.methods.prompt import Prompt
-from lokal.module import make_optimizer
+from lokal.training.module import make_optimizer
 from lokal.weights import load_weights, save_weights
 
 METHODS = {
@@ -134,7 +134,7 @@ def test_trains_exactly_the_expected_parameters(method, backbone, paths):
 
 @pytest.mark.parametrize("method,backbone", CASES)
 def test_loss_falls_and_frozen_weights_stay_bit_identical(method, backbone, paths):
-    """As LokalModule trains: the method's parameter groups and penalty, 4 "epochs" of 10 steps."""
+    """As ClassifierModule trains: the method's parameter groups and penalty, 4 "epochs" of 10 steps."""
     batch = make_batch(backbone)
     # LoRA starts from B = 0 and needs a few steps before the loss moves
     train_and_check(method, make_model(backbone, paths),
@@ -142,7 +142,7 @@ def test_loss_falls_and_frozen_weights_stay_bit_identical(method, backbone, path
 
 
 def train_and_check(method: str, model, loss_of, steps: int) -> None:
-    """Train as LokalModule does (the method's parameter groups and penalty, an "epoch" every 10
+    """Train as ClassifierModule does (the method's parameter groups and penalty, an "epoch" every 10
     steps); the loss must fall and every frozen weight stay bit-identical."""
     method_ = METHODS[method]()
     model = method_.apply(model).train()

@@ -16,7 +16,7 @@ import torch
 from lokal import LokalError
 from lokal.data.speech import IGNORE, SpeechDataModule, collate
 from lokal.models.speech import WhisperASR
-from lokal.speech import normalise
+from lokal.tasks.speech_recognition import normalise
 from tests.conftest import FAST, compose
 from tests.test_audio_data import bad_files
 
@@ -190,7 +190,7 @@ def test_train_py_runs_end_to_end_and_the_adapter_loads_back(run_dir, tiny_whisp
         saved["test/wer"], abs=1e-6)  # transcripts.csv holds exactly what test/wer scored
     datamodule, model = load_run(run_dir)
     datamodule.setup()
-    from lokal.speech import transcribe_split
+    from lokal.tasks.speech_recognition import transcribe_split
 
     assert transcribe_split(model, datamodule, "test", torch.device("cpu")) == rows["after"].tolist()
     from lokal.predict import load_predictor

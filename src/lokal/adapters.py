@@ -87,7 +87,7 @@ class AdapterBank:
 
     def evaluate(self, name: str, datamodule) -> dict[str, float]:
         """Test-split accuracy, macro F1 and AUROC of adapter `name`, as training reports them."""
-        from lokal.module import classification_metrics
+        from lokal.tasks.classification import classification_metrics
 
         model = self.use(name).eval()
         device = next(model.parameters()).device

@@ -1,6 +1,6 @@
-"""Evaluation of a classifier on one split: per-example predictions (predictions.csv), the full
-metric set computed from them (torchmetrics; equal to scikit-learn's, tests check it) and the
-plots. run.py calls these once, at the end, with the best checkpoint's weights."""
+"""Evaluation after training: the best checkpoint scored on validation and test (every task), and
+for classifiers per-example predictions (predictions.csv), the full metric set computed from them
+(torchmetrics; equal to scikit-learn's, tests check it) and the plots, once, at the end."""
 
 from __future__ import annotations
 
@@ -46,6 +46,26 @@ def evaluation_settings(cfg) -> Evaluation:
     return instantiate(node) if node is not None else Evaluation()
 
 
+def best_checkpoint_scores(trainer, module, datamodule) -> dict:
+    """Validation and test once each, with the best checkpoint (by the configured monitor; the last
+    weights when there is none), plus size, memory, length of training and the data counts."""
+    from lokal.system import peak_memory_mb
+
+    best = "best" if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
+    val = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+    test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+    metrics = {**val, **test} | parameter_counts(module.model) | peak_memory_mb()
+    metrics |= {"epochs": trainer.current_epoch, "steps": trainer.global_step}
+    return metrics | {f"data/{k}": v for k, v in datamodule.stats.items()}
+
+
+def parameter_counts(model) -> dict[str, int | float]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable_params": trainable, "total_params": total,
+            "trainable_percent": round(100 * trainable / total, 4)}
+
+
 def check_subgroups(subgroups: list[str], datamodule) -> None:
     """evaluation.subgroups must name columns predictions.csv carries (data.metadata_columns, or
     "group" for data.group_column): checked before training, not after."""
@@ -66,7 +86,7 @@ def predict_split(model, datamodule, split: str = "test", device=None, context=N
     predicted, confidence (the top probability), correct (0/1), prob/<class> for every class,
     then group and the metadata columns when the data has them.
 
-    `model` is a LokalModule or a classifier (both map a batch to logits). `device`: where to
+    `model` is a ClassifierModule or a classifier (both map a batch to logits). `device`: where to
     run (default: where the model is); `context`: the trainer's precision context (e.g. bf16
     autocast), so the predictions are those `trainer.test` scored. Evaluation transforms are
     used for val/test; an image `train` split keeps its training augmentation."""

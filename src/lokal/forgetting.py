@@ -55,6 +55,14 @@ def centre(features: torch.Tensor) -> torch.Tensor:
     return features - features.mean(0, keepdim=True)
 
 
+def check_supported(model: nn.Module) -> None:
+    """Before training: the meter has general references for text and image models only."""
+    if model.modality not in ("text", "image"):
+        raise LokalError(f"evaluation.forgetting=true: the forgetting meter reads text and image models; "
+                         f"{model.name} reads {model.modality} (no general {model.modality} reference ships yet). "
+                         "Set evaluation.forgetting=false")
+
+
 def base_copy(model: nn.Module) -> nn.Module | None:
     """What `forgetting_report` needs to know the base later, taken before training: None for a
     PEFT model (its adapters disabled are the base), else a frozen copy on the CPU. BatchNorm

@@ -14,8 +14,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from lokal import LokalError
-from lokal.io import write_json, write_text
+from lokal.io import write_text
 from lokal.rundir import resume_checkpoint
+from lokal.tasks import make_task, task_of
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +47,13 @@ def train(cfg: DictConfig) -> dict:
 
 
 def train_run(cfg: DictConfig) -> dict:
-    """One run: train, test the best checkpoint, write everything to `paths.run_dir`."""
+    """One run of any task (lokal.tasks): measure the bars to beat, train, score the best
+    checkpoint, write everything to `paths.run_dir` (metrics.json last)."""
     import lightning as L
     from hydra.utils import instantiate
 
-    from lokal.evaluation import check_subgroups, evaluation_settings
-    from lokal.module import LokalModule
+    from lokal.evaluation import evaluation_settings
     from lokal.system import tune_malloc
-
     if logging.getLogger().handlers:  # Hydra already logs to the console and train.log:
         logging.getLogger("lightning").handlers.clear()  # drop lightning's own copy of each line
     run_dir = Path(cfg.paths.run_dir)
@@ -62,32 +62,21 @@ def train_run(cfg: DictConfig) -> dict:
     method = instantiate(cfg.method)
     settings = evaluation_settings(cfg)  # before training: a misspelled evaluation key fails now
     datamodule, model = build(cfg, method)
+    task = make_task(task_of(datamodule), settings)
     base = forgetting_base(model, settings)
-    if task_of(datamodule) == "causal_lm":
-        return train_lm(cfg, datamodule, model, method, settings, base)
-    if task_of(datamodule) == "speech_recognition":
-        return train_speech(cfg, datamodule, model, method)
-    check_subgroups(settings.subgroups, datamodule)
-    module = LokalModule(
-        model,
-        num_classes=len(datamodule.class_names),
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        loss=make_loss(cfg, datamodule),
-        method=method,
-    )
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    module = task.module(model, instantiate(cfg.optimizer), scheduler, instantiate(cfg.loss), method, datamodule)
     trainer = make_trainer(cfg)
     write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    before = task.before_training(module, datamodule, trainer)
 
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(run_dir))
     train_time = round(time.perf_counter() - start, 2)
-    metrics = evaluate(trainer, module, datamodule) | {"train_time_s": train_time}
+    metrics = task.evaluate(trainer, module, datamodule) | before | {"train_time_s": train_time}
     metrics |= measure_forgetting(base, module.model, settings)
     if trainer.is_global_zero:
-        predictions = predict_test(trainer, module, datamodule)
-        metrics = write_outputs(module, datamodule, metrics, run_dir, predictions, settings)
-        share_run(trainer, run_dir, metrics, datamodule, predictions, settings)
+        metrics = task.write_outputs(trainer, module, datamodule, metrics, run_dir)
     return metrics
 
 
@@ -96,8 +85,9 @@ def forgetting_base(model, settings):
     models without BatchNorm: their adapters disabled are the base)."""
     if not settings.forgetting:
         return None
-    from lokal.forgetting import base_copy
+    from lokal.forgetting import base_copy, check_supported
 
+    check_supported(model)
     return base_copy(model)
 
 
@@ -111,79 +101,6 @@ def measure_forgetting(base, tuned, settings) -> dict:
     report = forgetting_report(base, tuned, settings.forgetting_reference)
     log.info(summary_line(report))
     return report
-
-
-def share_run(trainer, run_dir: Path, metrics: dict, datamodule=None, predictions=None, settings=None) -> None:
-    """Plots, predictions and the adapter into the run's W&B run when logger=wandb (a no-op
-    otherwise); raw texts and thumbnails only with evaluation.log_texts."""
-    from lokal.wandb_report import log_run_to_wandb
-
-    log_texts = bool(settings and settings.log_texts)
-    log_run_to_wandb(trainer.loggers, run_dir, metrics, datamodule.class_names if datamodule else None, predictions,
-                     records=datamodule.records() if log_texts else None, log_texts=log_texts)
-
-
-def train_lm(cfg: DictConfig, datamodule, model, method, settings, base=None) -> dict:
-    """Causal-LM instruction fine-tuning (lokal.lm): the same trainer, plus the base model's
-    test perplexity and answers measured first, so the run shows what training changed."""
-    from hydra.utils import instantiate
-
-    from lokal import lm
-
-    run_dir = Path(cfg.paths.run_dir)
-    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    module = lm.LMModule(model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler, method=method)
-    trainer = make_trainer(cfg)
-    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    before = lm.before_training(module.model, datamodule, trainer.strategy.root_device, trainer.is_global_zero)
-
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(run_dir))
-    train_time = round(time.perf_counter() - start, 2)
-    metrics = evaluate_generative(trainer, module, datamodule) | before.metrics | {"train_time_s": train_time}
-    metrics |= measure_forgetting(base, module.model, settings)
-    if trainer.is_global_zero:
-        lm.write_outputs(module, datamodule, metrics, run_dir, before)
-        share_run(trainer, run_dir, metrics)
-    return metrics
-
-
-def train_speech(cfg: DictConfig, datamodule, model, method) -> dict:
-    """Whisper speech recognition (lokal.speech): the same trainer, plus the base model's test
-    WER/CER and transcripts measured first, so the run shows what training changed."""
-    from hydra.utils import instantiate
-
-    from lokal import speech
-
-    run_dir = Path(cfg.paths.run_dir)
-    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    module = speech.SpeechModule(model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler, method=method)
-    trainer = make_trainer(cfg)
-    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    before = speech.before_training(module.model, datamodule, trainer.strategy.root_device)
-
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(run_dir))
-    train_time = round(time.perf_counter() - start, 2)
-    metrics = evaluate_generative(trainer, module, datamodule) | before.metrics | {"train_time_s": train_time}
-    after = speech.gathered_transcripts(module, len(datamodule.texts("test")))
-    if trainer.is_global_zero:
-        speech.write_outputs(module, datamodule, metrics, run_dir, before, after)
-        share_run(trainer, run_dir, metrics)
-    return metrics
-
-
-def evaluate_generative(trainer, module, datamodule) -> dict:
-    """Validation and test once each, with the best checkpoint (by the configured monitor), for the
-    tasks that generate (causal LM, speech): their modules log every metric themselves."""
-    from lokal.system import peak_memory_mb
-
-    best = "best" if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
-    val = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
-    test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
-    metrics = {**val, **test} | parameter_counts(module.model) | peak_memory_mb()
-    metrics |= {"epochs": trainer.current_epoch, "steps": trainer.global_step}
-    return metrics | {f"data/{k}": v for k, v in datamodule.stats.items()}
 
 
 def make_trainer(cfg: DictConfig):
@@ -270,73 +187,6 @@ def wandb_resume(logger_cfg: DictConfig, run_dir: Path) -> dict:
     return {"id": runs[-1].name.rsplit("-", 1)[-1], "resume": "allow"} if runs else {}
 
 
-def evaluate(trainer, module, datamodule) -> dict:
-    """Validation and test once each, with the best checkpoint, plus the bars to beat."""
-    from lokal.system import peak_memory_mb
-
-    best = "best" if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
-    val = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
-    test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
-    metrics = {k: v for k, v in {**val, **test}.items() if not k.endswith("/loss")}
-    metrics |= parameter_counts(module.model) | peak_memory_mb()
-    metrics |= {"epochs": trainer.current_epoch, "steps": trainer.global_step,
-                "majority_class_accuracy": majority_accuracy(datamodule)}
-    metrics |= {f"data/{k}": v for k, v in datamodule.stats.items()}
-    if datamodule.modality == "text":
-        metrics |= text_baseline(datamodule)
-    return metrics
-
-
-def predict_test(trainer, module, datamodule):
-    """The test split's predictions (Contract A) by the weights `trainer.test` just scored (the
-    best checkpoint, which it loaded into `module`), on the trainer's device and precision."""
-    from lokal.evaluation import predict_split
-
-    return predict_split(module, datamodule, "test", trainer.strategy.root_device,
-                         trainer.precision_plugin.forward_context())
-
-
-def subgroup_metrics(predictions, settings, run_dir: Path) -> dict:
-    """The fairness report (lokal.fairness): subgroups.json and subgroups.md, gaps above
-    `evaluation.gap_warning` logged as warnings, flat `subgroup/<column>/max_gap/<metric>` keys."""
-    from lokal.fairness import subgroup_report, write_subgroup_report
-
-    report = subgroup_report(predictions, settings.subgroups, settings.gap_warning)
-    write_subgroup_report(report, run_dir)
-    for line in report["warnings"]:
-        log.warning("subgroup gap: %s", line)
-    for line in report["notes"]:
-        log.info("subgroup note: %s", line)
-    return report["metrics"]
-
-
-def write_outputs(module, datamodule, metrics: dict, run_dir: Path, predictions, settings) -> dict:
-    """Weights and predictions.csv first (nothing after training can lose them), then the test
-    metrics from the predictions (they replace the `trainer.test` ones of the same name), the
-    subgroup report, confusion_matrix.csv, plots/, metrics.json, the summary. Returns the metrics."""
-    from lokal.evaluation import classification_report, confusion_counts, save_plots, write_predictions
-    from lokal.predict import write_classes
-    from lokal.report import print_summary
-    from lokal.weights import save_weights
-
-    save_weights(module.model, run_dir)
-    write_classes(run_dir, datamodule.class_names)  # `lokal predict` then needs no training data
-    write_predictions(predictions, run_dir / "predictions.csv")
-    metrics = metrics | classification_report(predictions, datamodule.class_names)
-    if settings.subgroups:
-        metrics |= subgroup_metrics(predictions, settings, run_dir)
-    counts = confusion_counts(predictions, datamodule.class_names)
-    write_text(run_dir / "confusion_matrix.csv", counts.to_csv())
-    if settings.plots:
-        try:
-            save_plots(run_dir, predictions, datamodule.class_names)
-        except Exception as err:  # a plot must never cost a finished run its metrics.json
-            log.warning("plots not written (%s: %s); metrics and predictions are", type(err).__name__, err)
-    write_json(run_dir / "metrics.json", metrics)  # last: its presence marks a finished run
-    print_summary(metrics, run_dir)
-    return metrics
-
-
 def build(cfg: DictConfig, method=None):
     """Data, then the model sized to its classes, then `method` (if given) applied once."""
     from hydra.utils import instantiate
@@ -344,24 +194,13 @@ def build(cfg: DictConfig, method=None):
     datamodule = instantiate(cfg.data)
     check_task(cfg.model, datamodule)
     check_modality(cfg.model, datamodule)
-    check_classes(datamodule)
-    sized = {"num_classes": len(datamodule.class_names)} if task_of(datamodule) == "classification" else {}
-    model = instantiate(cfg.model, **sized)
+    model = instantiate(cfg.model, **make_task(task_of(datamodule)).model_arguments(datamodule))
     datamodule.use_model(model)
     return datamodule, method.apply(model) if method is not None else model
 
 
-TASK_MODELS = {"classification": "a classification model, e.g. model=minilm, model=efficientnet_lite0 or "
-                                  "model=whisper_tiny_classifier",
-               "causal_lm": "a causal-LM model, e.g. model=gemma3_270m_lm or model=hf_causal_lm",
-               "speech_recognition": "a speech-recognition model, e.g. model=whisper_tiny"}
 EXAMPLE_MODELS = {"text": "model=minilm", "image": "model=efficientnet_lite0",
                   "audio": "model=whisper_tiny (transcripts) or model=whisper_tiny_classifier (labels)"}
-
-
-def task_of(obj) -> str:
-    """What a model or data module is for; classifiers predate the attribute."""
-    return getattr(obj, "task", "classification")
 
 
 def check_task(model_cfg: DictConfig, datamodule) -> None:
@@ -371,17 +210,8 @@ def check_task(model_cfg: DictConfig, datamodule) -> None:
 
     model_task, data_task = task_of(get_class(model_cfg._target_)), task_of(datamodule)
     if model_task != data_task:
-        raise LokalError(f"data={data_choice(datamodule)} needs {TASK_MODELS.get(data_task, data_task)}; "
+        raise LokalError(f"data={data_choice(datamodule)} needs {make_task(data_task).models}; "
                          f"model {model_cfg.name} is a {model_task} model")
-
-
-def check_classes(datamodule) -> None:
-    """A classifier needs two classes to tell apart: refuse one before the model loads."""
-    if task_of(datamodule) != "classification" or len(datamodule.class_names) >= 2:
-        return
-    raise LokalError(f"data={data_choice(datamodule)} has a single class {datamodule.class_names}: a classifier "
-                     "needs at least two. Check data.label_column (is it the label?), data.label_map and "
-                     "data.classes, or add examples of the other classes")
 
 
 def check_modality(model_cfg: DictConfig, datamodule) -> None:
@@ -427,40 +257,3 @@ def load_run(run_dir: str | Path):
     is_adapter = (run_dir / ADAPTER_DIR).is_dir()
     datamodule, model = build(cfg, None if is_adapter else instantiate(cfg.method))
     return datamodule, load_weights(model, run_dir).eval()
-
-
-def parameter_counts(model) -> dict[str, int | float]:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"trainable_params": trainable, "total_params": total,
-            "trainable_percent": round(100 * trainable / total, 4)}
-
-
-def make_loss(cfg: DictConfig, datamodule):
-    """The configured loss with the training split's class counts: "balanced" weights follow
-    the data actually trained on (this fold's, after dedup), not the whole file."""
-    from hydra.utils import instantiate
-
-    return instantiate(cfg.loss)(class_counts=class_counts(datamodule))
-
-
-def class_counts(datamodule) -> list[int]:
-    """Training examples per class (class-weighted losses, the majority baseline)."""
-    import numpy as np
-
-    return np.bincount(datamodule.labels("train"), minlength=len(datamodule.class_names)).tolist()
-
-
-def text_baseline(datamodule) -> dict[str, float]:
-    from lokal.baseline import tfidf_logreg
-
-    splits = ("train", "test")
-    return tfidf_logreg({s: datamodule.texts(s) for s in splits}, {s: datamodule.labels(s) for s in splits})
-
-
-def majority_accuracy(datamodule) -> float:
-    """Test accuracy of always predicting the most common training class: the bar to beat."""
-    counts = class_counts(datamodule)
-    majority = counts.index(max(counts))
-    test = datamodule.labels("test")
-    return sum(y == majority for y in test) / len(test)

@@ -2,7 +2,7 @@
 `apply(model)` is the one place it touches the model: freeze, unfreeze or inject weights.
 
 A few methods also shape training; they override the optional hooks of `Method`, which
-`LokalModule` calls: per-group learning rates (layer-wise decay), a loss penalty (L2-SP),
+`ClassifierModule` calls: per-group learning rates (layer-wise decay), a loss penalty (L2-SP),
 and a per-epoch change of what trains (gradual unfreezing). The defaults do nothing.
 
 Adding a method = `src/lokal/methods/NAME.py` + `src/lokal/conf/method/NAME.yaml` + a row in

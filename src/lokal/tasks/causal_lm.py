@@ -12,7 +12,40 @@ import torch
 from torch import nn
 
 from lokal.io import write_text
-from lokal.module import FinetuneModule
+from lokal.training.module import FinetuneModule
+
+
+@dataclass
+class CausalLM:
+    """The causal-LM task (lokal.tasks.Task): the base model's test perplexity and answers are
+    measured first, so the run shows what training changed."""
+
+    settings: object = None  # lokal.evaluation.Evaluation
+    name = "causal_lm"
+    models = "a causal-LM model, e.g. model=gemma3_270m_lm or model=hf_causal_lm"
+    before: Before | None = None
+
+    def model_arguments(self, data) -> dict:
+        return {}
+
+    def module(self, model, optimizer, scheduler, loss, method, data) -> LMModule:
+        return LMModule(model, optimizer=optimizer, scheduler=scheduler, method=method)
+
+    def before_training(self, module, data, trainer) -> dict:
+        self.before = before_training(module.model, data, trainer.strategy.root_device, trainer.is_global_zero)
+        return self.before.metrics
+
+    def evaluate(self, trainer, module, data) -> dict:
+        from lokal.evaluation import best_checkpoint_scores
+
+        return best_checkpoint_scores(trainer, module, data)
+
+    def write_outputs(self, trainer, module, data, metrics: dict, run_dir: Path) -> dict:
+        from lokal.wandb_report import log_run_to_wandb
+
+        write_outputs(module, data, metrics, run_dir, self.before or Before())
+        log_run_to_wandb(trainer.loggers, run_dir, metrics, None, None)
+        return metrics
 
 
 def token_stats(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -13,9 +13,45 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lokal.module import FinetuneModule
+from lokal.training.module import FinetuneModule
 
 ENGLISH = (None, "en", "english")
+
+
+@dataclass
+class SpeechRecognition:
+    """The speech-recognition task (lokal.tasks.Task): the base model's test WER/CER and
+    transcripts are measured first, so the run shows what training changed."""
+
+    settings: object = None  # lokal.evaluation.Evaluation
+    name = "speech_recognition"
+    models = "a speech-recognition model, e.g. model=whisper_tiny"
+    before: Before | None = None
+    after: list[str] = field(default_factory=list)
+
+    def model_arguments(self, data) -> dict:
+        return {}
+
+    def module(self, model, optimizer, scheduler, loss, method, data) -> SpeechModule:
+        return SpeechModule(model, optimizer=optimizer, scheduler=scheduler, method=method)
+
+    def before_training(self, module, data, trainer) -> dict:
+        self.before = before_training(module.model, data, trainer.strategy.root_device)
+        return self.before.metrics
+
+    def evaluate(self, trainer, module, data) -> dict:
+        from lokal.evaluation import best_checkpoint_scores
+
+        metrics = best_checkpoint_scores(trainer, module, data)
+        self.after = gathered_transcripts(module, len(data.texts("test")))  # every process: a collective
+        return metrics
+
+    def write_outputs(self, trainer, module, data, metrics: dict, run_dir: Path) -> dict:
+        from lokal.wandb_report import log_run_to_wandb
+
+        write_outputs(module, data, metrics, run_dir, self.before or Before(), self.after)
+        log_run_to_wandb(trainer.loggers, run_dir, metrics, None, None)
+        return metrics
 
 
 @lru_cache(maxsize=4)
@@ -164,7 +200,7 @@ def print_summary(metrics: dict, rows, run_dir: Path, shown: int = 5) -> None:
     from rich.console import Console
     from rich.markup import escape
 
-    from lokal.lm import summary_table
+    from lokal.tasks.causal_lm import summary_table
 
     console = Console()
     console.print(summary_table(metrics, run_dir))

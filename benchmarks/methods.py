@@ -49,14 +49,14 @@ BACKBONES = {"minilm": "MiniLM-L6, batch 32 x 48 tokens", "efficientnet": "Effic
 def build(backbone: str, method_name: str):
     import importlib
 
-    from lokal.shipped import efficientnet_lite0, minilm
+    from lokal.assets.shipped import efficientnet_lite0, minilm
 
     module, cls, kwargs = METHODS[method_name]
     method = getattr(importlib.import_module(f"lokal.methods.{module}"), cls)(**kwargs)
     torch.manual_seed(0)
     if backbone in ("minilm", "gemma"):
+        from lokal.assets.shipped import gemma3_270m
         from lokal.models.text import TextClassifier
-        from lokal.shipped import gemma3_270m
 
         if backbone == "minilm":
             model = TextClassifier(str(minilm()), 2, lora_targets=["query", "value"])
@@ -78,10 +78,10 @@ def build(backbone: str, method_name: str):
 def whisper_batch(size: int = 4):
     """Whisper tiny.en and a batch of real recordings with their transcripts, from SpeechDataModule
     itself (log-mel padded to 30 s, decoder targets padded with -100)."""
+    from lokal.assets.asterisk import asterisk_sounds
+    from lokal.assets.shipped import whisper_tiny_en
     from lokal.data.speech import SpeechDataModule
     from lokal.models.speech import WhisperASR
-    from lokal.shipped import whisper_tiny_en
-    from lokal.speech_data import asterisk_sounds
 
     model = WhisperASR(str(whisper_tiny_en()), lora_targets=["q_proj", "k_proj", "v_proj", "out_proj"])
     datamodule = SpeechDataModule(str(asterisk_sounds() / "transcripts.tsv"), batch_size=size)
@@ -153,8 +153,8 @@ def rss_mb() -> float:
 
 
 def one_case(backbone: str, method_name: str, steps: int, default_malloc: bool = False) -> dict:
-    from lokal.system import tune_malloc
-    from lokal.weights import save_weights
+    from lokal.training.system import tune_malloc
+    from lokal.training.weights import save_weights
 
     if not default_malloc:
         tune_malloc()  # lokal's runs do this; the plain loop gets the same allocator

@@ -55,7 +55,7 @@ def tiny_text_models(tmp_path_factory) -> dict[str, Path]:
         LlamaForSequenceClassification,
     )
 
-    from lokal.shipped import minilm
+    from lokal.assets.shipped import minilm
 
     root = tmp_path_factory.mktemp("tiny_text")
     tokenizer = AutoTokenizer.from_pretrained(str(minilm()))
@@ -83,7 +83,7 @@ def tiny_causal_lm(tmp_path_factory) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from lokal.shipped import minilm
+    from lokal.assets.shipped import minilm
 
     path = tmp_path_factory.mktemp("tiny_lm") / "llama_lm"
     tokenizer = AutoTokenizer.from_pretrained(str(minilm()), eos_token="[SEP]")
@@ -104,7 +104,7 @@ def compose(overrides: list[str], run_dir: Path):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from lokal.shipped import register_resolver
+    from lokal.assets.shipped import register_resolver
 
     register_resolver()
     GlobalHydra.instance().clear()
@@ -139,7 +139,7 @@ def tiny_whisper(tmp_path_factory) -> Path:
     import torch
     from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
 
-    from lokal.shipped import whisper_tiny_en
+    from lokal.assets.shipped import whisper_tiny_en
 
     real = whisper_tiny_en()
     path = tmp_path_factory.mktemp("tiny_whisper") / "whisper"

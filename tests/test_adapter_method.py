@@ -11,7 +11,7 @@ import torch
 
 from lokal import LokalError
 from lokal.methods.adapter import PREFIX, Adapter, detach, find_sites
-from lokal.weights import load_weights, save_weights
+from lokal.training.weights import load_weights, save_weights
 from tests.test_methods import make_batch, make_model
 
 BACKBONES = ["bert", "llama", "cnn", "vit"]

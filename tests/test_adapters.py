@@ -11,10 +11,10 @@ import torch
 from omegaconf import OmegaConf
 
 from lokal import LokalError
-from lokal.adapters import AdapterBank, export, from_runs, logits, merge, unique_name
 from lokal.methods.additive import Additive
 from lokal.methods.lora import LoRA
-from lokal.weights import adapter_name, is_peft, load_weights, save_weights
+from lokal.runs.adapters import AdapterBank, export, from_runs, logits, merge, unique_name
+from lokal.training.weights import adapter_name, is_peft, load_weights, save_weights
 from tests.test_methods import LORA_TARGETS, make_batch, make_model
 
 BACKBONES = list(LORA_TARGETS)  # bert, llama, cnn (timm test_efficientnet), vit (timm test_vit)

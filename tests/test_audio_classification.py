@@ -257,7 +257,8 @@ def test_side_network_reads_the_audio_encoder(tiny_whisper):
 @pytest.mark.integration
 @pytest.mark.parametrize("method", ["lora", "bitfit"])
 def test_train_py_on_an_audio_folder(tmp_path, run_dir, tiny_whisper, method):
-    from lokal.run import load_run, train
+    from lokal.run import train
+    from lokal.runs.load import load_run
 
     root = tone_folder(tmp_path / "tones", per_class=10)
     cfg = compose(FAST + [f"method={method}", "data=audio_folder", f"data.root={root}", "data.batch_size=4",
@@ -284,8 +285,8 @@ def test_train_py_on_an_audio_folder(tmp_path, run_dir, tiny_whisper, method):
 def test_whisper_tiny_tells_asterisk_prompt_kinds_apart(tmp_path, run_dir):
     """Real speech, real tiny.en encoder: which kind of prompt (digit, letter, phonetic-alphabet
     word) a recording is. One speaker, so the classes differ in words, not in voice."""
+    from lokal.assets.asterisk import asterisk_sounds
     from lokal.run import train
-    from lokal.speech_data import asterisk_sounds
 
     sounds = asterisk_sounds() / "wav"
     root = tmp_path / "prompts"

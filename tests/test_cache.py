@@ -25,7 +25,7 @@ TEXTS = ["sinyal lemot banget dari pagi", "pelayanan cepat dan ramah", "mantul",
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from lokal.shipped import minilm
+    from lokal.assets.shipped import minilm
 
     return AutoTokenizer.from_pretrained(str(minilm()))
 
@@ -90,7 +90,7 @@ class CountingTokenizer:
     def __init__(self) -> None:
         from transformers import AutoTokenizer
 
-        from lokal.shipped import minilm
+        from lokal.assets.shipped import minilm
 
         self.inner, self.calls = AutoTokenizer.from_pretrained(str(minilm())), 0
         self.name_or_path = self.inner.name_or_path

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from lokal import LokalError
-from lokal.compare import compare, find_runs, pareto_front, write_reports
+from lokal.runs.compare import compare, find_runs, pareto_front, write_reports
 
 METRIC = "test/accuracy"
 

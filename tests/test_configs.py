@@ -69,7 +69,7 @@ def test_shipped_efficientnet_is_really_imagenet_pretrained():
     from PIL import Image
     from sklearn.datasets import load_sample_image
 
-    from lokal.shipped import efficientnet_lite0
+    from lokal.assets.shipped import efficientnet_lite0
 
     model = timm.create_model("tf_efficientnet_lite0", pretrained=True,
                               pretrained_cfg_overlay={"file": str(efficientnet_lite0())}).eval()
@@ -81,8 +81,8 @@ def test_shipped_efficientnet_is_really_imagenet_pretrained():
 
 def test_weights_of_another_architecture_are_refused_clearly():
     from lokal import LokalError
+    from lokal.assets.shipped import efficientnet_lite0
     from lokal.models.vision import ImageClassifier
-    from lokal.shipped import efficientnet_lite0
 
     with pytest.raises(LokalError, match="resnet18: pretrained weights could not be loaded.*model.checkpoint"):
         ImageClassifier("resnet18", num_classes=2, checkpoint=str(efficientnet_lite0()))

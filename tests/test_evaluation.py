@@ -156,8 +156,8 @@ def texts_with_metadata(tmp_path):
 def test_text_predictions_come_back_in_records_order_with_the_metadata(texts_with_metadata, tmp_path):
     from transformers import AutoTokenizer
 
+    from lokal.assets.shipped import minilm
     from lokal.data.text import TextDataModule
-    from lokal.shipped import minilm
 
     data = TextDataModule(str(texts_with_metadata), batch_size=8, cache_dir=str(tmp_path / "cache"),
                           label_names={0: "neg", 1: "pos"}, group_column="user", metadata_columns=["region"])

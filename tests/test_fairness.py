@@ -13,7 +13,7 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score, roc_auc_score
 
 from lokal import LokalError
-from lokal.fairness import format_warnings, subgroup_report, write_subgroup_report
+from lokal.evaluation.fairness import format_warnings, subgroup_report, write_subgroup_report
 
 CLASSES = ["negative", "positive"]
 
@@ -111,7 +111,7 @@ def test_group_metrics_equal_sklearn(classes):
 
 
 def test_accuracy_interval_is_wilson():
-    from lokal.fairness import wilson_interval
+    from lokal.evaluation.fairness import wilson_interval
 
     low, high = wilson_interval(0.9, 100)  # the textbook case: 90 of 100
     assert (low, high) == (pytest.approx(0.8256, abs=1e-4), pytest.approx(0.9448, abs=1e-4))
@@ -120,7 +120,7 @@ def test_accuracy_interval_is_wilson():
 def test_min_p_adjustment():
     """One metric: adjusted equals raw. Two copies of one metric: still equal (min-p pays nothing
     for metrics that move together). Two independent ones: adjusted above raw."""
-    from lokal.fairness import min_p
+    from lokal.evaluation.fairness import min_p
 
     rng = np.random.default_rng(0)
     null = rng.normal(size=(2000, 1))

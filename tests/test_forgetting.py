@@ -1,4 +1,4 @@
-"""The forgetting meter (lokal.forgetting): linear CKA against a numpy reference and its
+"""The forgetting meter (lokal.evaluation.forgetting): linear CKA against a numpy reference and its
 invariances, 1.0 for an unchanged model (a copy, a detached adapter, LoRA switched off), lower
 after a weight change, perplexities for causal LMs, and the reference sets."""
 
@@ -13,7 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lokal import LokalError
-from lokal.forgetting import base_copy, forgetting_report, linear_cka, reference_inputs, sample_crops, summary_line
+from lokal.evaluation.forgetting import (
+    base_copy,
+    forgetting_report,
+    linear_cka,
+    reference_inputs,
+    sample_crops,
+    summary_line,
+)
 
 TEXTS = [f"Kalimat umum nomor {i} tentang cuaca, pasar, dan sekolah di kota kecil." for i in range(24)]
 
@@ -160,7 +167,7 @@ def test_detached_adapter_on_a_cnn_shows_batchnorm_drift():
     """Frozen weights are not the whole base: BatchNorm statistics move in train mode, and the
     meter sees it even after the adapters are gone."""
     from lokal.methods.adapter import Adapter, detach
-    from lokal.weights import trained_state
+    from lokal.training.weights import trained_state
 
     model = image_model()
     base = base_copy(model)

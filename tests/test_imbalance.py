@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from lokal.data.base import balanced_sampler
-from lokal.losses import class_weights
+from lokal.training.losses import class_weights
 from tests.conftest import compose
 
 SHARES = {"common": 0.90, "rare": 0.09, "minority": 0.01}
@@ -49,8 +49,8 @@ def test_sampler_draws_every_class_equally_often_and_the_minority_in_every_batch
 def text_module(tmp_path, balance: bool):
     from transformers import AutoTokenizer
 
+    from lokal.assets.shipped import minilm
     from lokal.data.text import TextDataModule
-    from lokal.shipped import minilm
 
     labels = imbalanced_labels(1000)
     names = list(SHARES)

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from lokal import LokalError
+from lokal.assets.shipped import indo_instruct
 from lokal.data.instruct import IGNORE, InstructionDataModule
 from lokal.models.causal_lm import CausalLM
-from lokal.shipped import indo_instruct
 from tests.conftest import FAST, compose
 
 # The template of a chat model in miniature: roles as text, [SEP] ends each turn.
@@ -98,7 +98,7 @@ def test_a_missing_column_names_the_file_and_the_real_columns(tmp_path):
 
 
 def test_a_classifier_on_instruction_data_is_refused_before_loading(tmp_path):
-    from lokal.run import build
+    from lokal.training.build import build
 
     cfg = compose(["data=indo_instruct", "model=minilm"], tmp_path)
     with pytest.raises(LokalError, match="data=indo_instruct needs a causal-LM model, e.g. model=gemma3_270m_lm"):
@@ -106,7 +106,7 @@ def test_a_classifier_on_instruction_data_is_refused_before_loading(tmp_path):
 
 
 def test_a_language_model_on_labelled_data_is_refused(tmp_path, tiny_causal_lm):
-    from lokal.run import build
+    from lokal.training.build import build
 
     cfg = compose(["model=gemma3_270m_lm", f"model.name={tiny_causal_lm}"], tmp_path)
     with pytest.raises(LokalError, match="data=indo_sentiment needs a classification model"):
@@ -133,7 +133,7 @@ def test_checkpoints_hold_only_what_trains_even_when_the_head_is_tied(lm):
 
 @pytest.mark.integration
 def test_the_experiment_runs_end_to_end_and_loads_back(run_dir, tiny_causal_lm):
-    from lokal.run import load_run
+    from lokal.runs.load import load_run
 
     cfg = compose(FAST + ["experiment=indo_instruct", f"model.name={tiny_causal_lm}", "method.lr=3e-2",
                           "data.generate_examples=2", "data.max_new_tokens=6"], run_dir)

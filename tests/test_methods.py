@@ -19,7 +19,7 @@ from lokal.methods.lora import LoRA
 from lokal.methods.partial import Partial
 from lokal.methods.prompt import Prompt
 from lokal.training.module import make_optimizer
-from lokal.weights import load_weights, save_weights
+from lokal.training.weights import load_weights, save_weights
 
 METHODS = {
     "full": Full,

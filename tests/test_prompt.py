@@ -12,7 +12,7 @@ import torch
 
 from lokal import LokalError
 from lokal.methods.prompt import TEXT_KINDS, Prompt
-from lokal.weights import load_weights, save_weights
+from lokal.training.weights import load_weights, save_weights
 from tests.test_methods import make_batch, make_model
 
 

@@ -159,7 +159,7 @@ def test_a_finished_run_folder_returns_its_metrics_without_training(run_dir):
 
 def test_a_folder_in_use_by_a_live_process_is_refused(run_dir):
     from lokal import LokalError
-    from lokal.rundir import lock_owner, run_lock
+    from lokal.training.rundir import lock_owner, run_lock
 
     run_dir.mkdir(parents=True)
     (run_dir / "run.lock").write_text(json.dumps(lock_owner() | {"pid": os.getppid()}))  # alive: pytest's parent
@@ -174,7 +174,7 @@ def test_a_folder_in_use_by_a_live_process_is_refused(run_dir):
 def test_the_resolver_finds_only_an_unfinished_run_of_the_same_command(tmp_path):
     from omegaconf import OmegaConf
 
-    from lokal.rundir import find_unfinished_run, unfinished_run
+    from lokal.training.rundir import find_unfinished_run, unfinished_run
 
     def make_run(name: str, overrides: list[str], checkpoint=True, finished=False) -> Path:
         run = tmp_path / name
@@ -235,7 +235,7 @@ def test_each_sample_draws_from_its_own_seed():
 def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     import lightning.fabric.plugins.io.torch_io as torch_io
 
-    from lokal.resume import AtomicCheckpointIO
+    from lokal.training.resume import AtomicCheckpointIO
 
     io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
     io.save_checkpoint({"step": 1}, path)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from lokal import LokalError
-from lokal.slurm import check_fields, check_partition
+from lokal.training.slurm import check_fields, check_partition
 from tests.conftest import ROOT
 
 ENV = os.environ | {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}

@@ -26,7 +26,7 @@ SHORT_PROMPTS = 40  # the shortest Asterisk recordings (digits, letters, short w
 @pytest.fixture(scope="module")
 def short_table(tmp_path_factory):
     """A transcript table of real recordings that fit the tiny model's 2 s window, paths relative to it."""
-    from lokal.speech_data import asterisk_sounds
+    from lokal.assets.asterisk import asterisk_sounds
 
     folder = asterisk_sounds()
     table = pd.read_csv(folder / "transcripts.tsv", sep="\t")
@@ -168,7 +168,8 @@ def test_english_only_whisper_refuses_another_language(tiny_whisper):
 
 
 def test_train_py_runs_end_to_end_and_the_adapter_loads_back(run_dir, tiny_whisper, short_table):
-    from lokal.run import load_run, train
+    from lokal.run import train
+    from lokal.runs.load import load_run
 
     cfg = compose(FAST + ["data=speech_table", f"data.path={short_table}", f"model.name={tiny_whisper}",
                           "method.lr=3e-2", "trainer.max_epochs=3", "data.batch_size=4", "model.max_new_tokens=8",
@@ -193,7 +194,7 @@ def test_train_py_runs_end_to_end_and_the_adapter_loads_back(run_dir, tiny_whisp
     from lokal.tasks.speech_recognition import transcribe_split
 
     assert transcribe_split(model, datamodule, "test", torch.device("cpu")) == rows["after"].tolist()
-    from lokal.predict import load_predictor
+    from lokal.runs.predict import load_predictor
 
     with pytest.raises(LokalError, match="audio run.*transcripts.csv"):  # not yet: said, not a traceback
         load_predictor(run_dir)

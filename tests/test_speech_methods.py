@@ -14,7 +14,7 @@ import torch
 from lokal import LokalError
 from lokal.methods.additive import Additive
 from lokal.models.speech import WhisperASR
-from lokal.weights import load_weights, save_weights
+from lokal.training.weights import load_weights, save_weights
 from tests.test_methods import METHODS, PEFT_PARAMETER_MARKS, train_and_check
 
 PEFT_METHODS = {"lora", "dora", "ia3"}

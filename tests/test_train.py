@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lokal.run import load_run, train
+from lokal.run import train
+from lokal.runs.load import load_run
 from tests.conftest import FAST, compose
 
 pytestmark = pytest.mark.integration

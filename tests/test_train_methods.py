@@ -9,7 +9,8 @@ import json
 
 import pytest
 
-from lokal.run import load_run, train
+from lokal.run import train
+from lokal.runs.load import load_run
 from tests.conftest import CONF, FAST, compose
 from tests.test_train import accuracy_on
 

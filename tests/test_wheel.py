@@ -4,6 +4,7 @@ used from an empty folder, with the user's own config folder on top of the shipp
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -68,8 +69,12 @@ def wheel_venv(tmp_path_factory) -> Path:
     come from this test's own environment through a .pth line (installing torch again would take
     minutes); lokal itself comes only from the wheel."""
     root = tmp_path_factory.mktemp("wheel")
+    source = root / "source"  # a copy: setuptools writes build/ and egg-info into the tree it builds
+    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                            str(root / "dist"), str(ROOT)], capture_output=True, text=True, timeout=300)
+                            str(root / "dist"), str(source)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr
     wheel = next((root / "dist").glob("lokal-*.whl"))
     venv = root / "venv"

@@ -31,7 +31,7 @@ SAMPLE = [
 def whisper():
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-    from lokal.shipped import whisper_tiny_en
+    from lokal.assets.shipped import whisper_tiny_en
 
     path = whisper_tiny_en()
     return WhisperForConditionalGeneration.from_pretrained(path).eval(), WhisperProcessor.from_pretrained(path)
@@ -41,7 +41,7 @@ def whisper():
 def sounds():
     import pandas as pd
 
-    from lokal.speech_data import asterisk_sounds
+    from lokal.assets.asterisk import asterisk_sounds
 
     folder = asterisk_sounds()
     return folder, pd.read_csv(folder / "transcripts.tsv", sep="\t").set_index("file")["text"]
@@ -121,7 +121,7 @@ def test_transcripts_table_is_speech_only(sounds):
 
 
 def test_transcript_rows_drop_annotations(tmp_path):
-    from lokal.speech_data import transcript_rows
+    from lokal.assets.asterisk import transcript_rows
 
     for name in ("beep", "hello", "letters/at"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +132,7 @@ def test_transcript_rows_drop_annotations(tmp_path):
 
 
 def test_no_recordings_and_no_apt_says_how_to_install(tmp_path, monkeypatch):
-    from lokal import speech_data
+    from lokal.assets import asterisk as speech_data
 
     monkeypatch.setattr(speech_data, "_installed_root", lambda: None)
     monkeypatch.setattr(shutil, "which", lambda _: None)
@@ -160,7 +160,7 @@ def test_the_recordings_folder_is_built_in_a_fresh_cache_by_two_processes_at_onc
     import sys
 
     cache = tmp_path / "new" / "cache"
-    code = "import sys; from pathlib import Path; from lokal.speech_data import asterisk_sounds; " \
+    code = "import sys; from pathlib import Path; from lokal.assets.asterisk import asterisk_sounds; " \
            "print(asterisk_sounds(Path(sys.argv[1])))"
     workers = [subprocess.Popen([sys.executable, "-c", code, str(cache)], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]

@@ -15,11 +15,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from lokal import LokalError
-from lokal.rundir import register_resolvers
-from lokal.shipped import register_resolver
+from lokal import LokalError, paths
+from lokal.assets.shipped import register_resolver
+from lokal.training.rundir import register_resolvers
 
-CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")  # shipped inside the package: works from a wheel
+CONFIG_DIR = str(paths.CONFIG_DIR)
 
 register_resolver()
 register_resolvers()
@@ -102,7 +102,7 @@ def _nearest_keys(key: str) -> list[str]:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from lokal.config_checks import nearest_keys
+    from lokal.training.config_checks import nearest_keys
 
     choices = [a for a in sys.argv[1:] if "=" in a and "." not in a.split("=")[0] and not a.startswith(("-", "+"))]
     GlobalHydra.instance().clear()
@@ -118,7 +118,7 @@ def _remove_stub_run() -> None:
     as "still training"."""
     import shutil
 
-    from lokal.rundir import is_stub
+    from lokal.training.rundir import is_stub
 
     if _started_runs and is_stub(_started_runs[-1]):
         logging.shutdown()  # release train.log
@@ -134,8 +134,8 @@ def adapters_main(argv: list[str]) -> None:
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="runs trained with method=lora")
     parser.add_argument("--out", type=Path, help="also write the report: FILE.md as Markdown, else JSON")
     args = parser.parse_args(argv)
-    from lokal.adapters import compare, to_markdown
     from lokal.io import check_writable, write_json, write_text
+    from lokal.runs.adapters import compare, to_markdown
 
     if args.out:
         check_writable(args.out)
@@ -157,7 +157,7 @@ def export_main(argv: list[str]) -> None:
     parser.add_argument("run", type=Path, metavar="RUN_DIR")
     parser.add_argument("out", type=Path, metavar="OUT_DIR", help="a new (or empty) folder")
     args = parser.parse_args(argv)
-    from lokal.adapters import export_run, how_to_load
+    from lokal.runs.adapters import export_run, how_to_load
 
     out = export_run(args.run, args.out)
     print(f"{out}: load it without lokal with {how_to_load(out)}")
@@ -300,8 +300,8 @@ def predict_main(argv: list[str]) -> None:
     parser.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (default: stop)")
     args = parser.parse_args(argv)
     from lokal.io import check_writable
-    from lokal.predict import collect_inputs, load_predictor, print_predictions, probabilities, to_frame
-    from lokal.predict import write_predictions as write_csv
+    from lokal.runs.predict import collect_inputs, load_predictor, print_predictions, probabilities, to_frame
+    from lokal.runs.predict import write_predictions as write_csv
 
     run = args.source.resolve()
     run = run.parent if run.name == "adapter" else run  # RUN_DIR/adapter: named after its run
@@ -328,8 +328,8 @@ def compare_main(argv: list[str]) -> None:
                              "and error are lower-is-better)")
     parser.add_argument("--out", type=Path, help="report folder (default: outputs/compare/NAME-TIMESTAMP)")
     args = parser.parse_args(argv)
-    from lokal.compare import compare, lower_is_better, print_table, write_reports
     from lokal.io import check_writable
+    from lokal.runs.compare import compare, lower_is_better, print_table, write_reports
 
     lower = lower_is_better(args.metric) if args.lower_is_better is None else args.lower_is_better
     out = check_writable(args.out or default_out("compare", args.paths[0].resolve().name))
@@ -355,12 +355,12 @@ def report_main(argv: list[str]) -> None:
     parser.add_argument("--entity", help="W&B user or team (default: the runs' logger.wandb.entity, else your own)")
     parser.add_argument("--project", help="W&B project (default: the runs' logger.wandb.project, else lokal)")
     args = parser.parse_args(argv)
-    from lokal.sweep_report import write_html_report
+    from lokal.runs.sweep_report import write_html_report
 
     html = write_html_report(args.sweep, args.out, args.title, args.metric)
     print(f"HTML report: {html}")
     if args.wandb:
-        from lokal.wandb_report import publish_report
+        from lokal.runs.wandb_report import publish_report
 
         print(f"W&B Report: {publish_report(args.sweep, html, args.entity, args.project, args.title)}")
 

@@ -24,7 +24,7 @@ def text_features(texts: list[str]):
     from scipy.sparse import hstack
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    from lokal.baseline import fit_transform_or_empty
+    from lokal.evaluation.baselines import fit_transform_or_empty
 
     words = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=50_000)
     chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 4), min_df=2, sublinear_tf=True,

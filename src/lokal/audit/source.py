@@ -41,8 +41,8 @@ def from_config(overrides: list[str]) -> Source:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
-    from lokal.cli import CONFIG_DIR
-    from lokal.shipped import register_resolver
+    from lokal.assets.shipped import register_resolver
+    from lokal.paths import CONFIG_DIR
 
     register_resolver()
     GlobalHydra.instance().clear()

@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from lokal import LokalError
+from lokal.paths import ASSETS_DIR
 
-SLANG_SUPPLEMENT = Path(__file__).resolve().parents[1] / "assets" / "slang_id.tsv"
+SLANG_SUPPLEMENT = ASSETS_DIR / "slang_id.tsv"
 WORD = re.compile(r"\b\w+\b")
 
 

@@ -18,24 +18,17 @@ from pathlib import Path
 import numpy as np
 
 from lokal.io import write_atomically
+from lokal.paths import data_cache_dir
 
 log = logging.getLogger(__name__)
 VERSION = "1"  # bump when the stored layout changes
-
-
-def default_dir() -> Path:
-    """$LOKAL_DATA_CACHE, else $LOKAL_CACHE/data (default ~/.cache/lokal/data): next to the
-    shipped models' cache, yet movable on its own (a test session points it at a temp dir)."""
-    from lokal.shipped import CACHE_DIR
-
-    return Path(os.environ.get("LOKAL_DATA_CACHE") or CACHE_DIR / "data").expanduser()
 
 
 def cache_folder(cache: bool, cache_dir: str | None) -> Path | None:
     """A data module's cache folder from its `cache` / `cache_dir` keys; None: no cache."""
     if not cache:
         return None
-    return Path(cache_dir).expanduser() if cache_dir else default_dir()
+    return Path(cache_dir).expanduser() if cache_dir else data_cache_dir()
 
 
 def digest(*parts: object) -> str:

@@ -104,7 +104,7 @@ class SeededDataset(Dataset):
 
 class ResumableLoader(DataLoader):
     """A training DataLoader over `SeededDataset` + `SeededSampler` that Lightning saves in its
-    checkpoints. `batches_done` is set by `lokal.resume.ExactResume` after every training batch
+    checkpoints. `batches_done` is set by `lokal.training.resume.ExactResume` after every training batch
     (the loader itself cannot tell: Lightning fetches one batch ahead)."""
 
     epoch: int = 0

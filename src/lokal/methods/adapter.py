@@ -4,7 +4,7 @@ residual adapters (Rebuffi et al. 2017) for CNNs: small new layers inside the fr
 Each adapter computes x + up(act(down(x))) over the channels, with `up` zero-initialised so
 the adapted model starts exactly as the base. Forward hooks put it on a sub-layer's output,
 so base parameter names never change; the adapters live in `net.lokal_adapters`, and only
-they and the head train (and get saved by `lokal.weights`). `detach(model)` takes them out.
+they and the head train (and get saved by `lokal.training.weights`). `detach(model)` takes them out.
 
 - transformers: `placement=pfeiffer` adapts each feed-forward output, `houlsby` also each
   attention output. An attention module is one whose name has "attn"/"attention"; its last

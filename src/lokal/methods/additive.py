@@ -44,7 +44,7 @@ class Additive(Method):
         from peft import IA3Config, get_peft_model
         from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
 
-        from lokal.weights import check_adapter_name
+        from lokal.training.weights import check_adapter_name
 
         check_adapter_name(self.adapter_name)
 

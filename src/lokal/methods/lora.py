@@ -28,7 +28,7 @@ class LoRA(Method):
     def apply(self, model: nn.Module) -> nn.Module:
         from peft import LoraConfig, get_peft_model
 
-        from lokal.weights import check_adapter_name
+        from lokal.training.weights import check_adapter_name
 
         check_adapter_name(self.adapter_name)
         targets = list(self.target_modules or model.lora_targets)

@@ -11,7 +11,7 @@ from torch import nn
 
 from lokal import LokalError
 from lokal.io import write_folder_atomically
-from lokal.shipped import CACHE_DIR
+from lokal.paths import CACHE_DIR
 
 
 class TextClassifier(nn.Module):

@@ -71,7 +71,7 @@ class OptunaSweeper(Sweeper):
                 config=config, hydra_context=hydra_context, task_function=task_function)
 
     def sweep(self, arguments: list[str]) -> None:
-        from lokal.rundir import run_lock
+        from lokal.training.rundir import run_lock
 
         with user_errors():
             space, fixed = search_space(self.params, arguments)

@@ -41,7 +41,7 @@ class CausalLM:
         return best_checkpoint_scores(trainer, module, data)
 
     def write_outputs(self, trainer, module, data, metrics: dict, run_dir: Path) -> dict:
-        from lokal.wandb_report import log_run_to_wandb
+        from lokal.training.wandb import log_run_to_wandb
 
         write_outputs(module, data, metrics, run_dir, self.before or Before())
         log_run_to_wandb(trainer.loggers, run_dir, metrics, None, None)
@@ -164,7 +164,8 @@ def write_outputs(module: LMModule, datamodule, metrics: dict, run_dir: Path, be
     import json
 
     from lokal.io import write_json
-    from lokal.weights import save_weights
+    from lokal.paths import FINISHED
+    from lokal.training.weights import save_weights
 
     save_weights(module.model, run_dir)
     pairs, after = shown_pairs(datamodule), generate_answers(module.model, datamodule)
@@ -172,28 +173,15 @@ def write_outputs(module: LMModule, datamodule, metrics: dict, run_dir: Path, be
             for (prompt, reference), answer_before, answer_after
             in zip(pairs, before.answers or [None] * len(pairs), after, strict=True)]
     write_text(run_dir / "generations.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    write_json(run_dir / "metrics.json", metrics)  # last: its presence marks a finished run
+    write_json(run_dir / FINISHED, metrics)  # last: its presence marks a finished run
     print_summary(metrics, rows, run_dir)
-
-
-def summary_table(metrics: dict, run_dir: Path):
-    """The run's metrics before (base/) and after training, size, time and memory: a rich Table."""
-    from rich.table import Table
-
-    table = Table(title=f"lokal run: {run_dir}", show_header=True, header_style="bold")
-    table.add_column("what")
-    table.add_column("value", justify="right")
-    for key in sorted(k for k in metrics if k.startswith(("base/", "test/", "val/"))):
-        table.add_row(key, f"{metrics[key]:.4f}")
-    table.add_row("trainable params", f"{metrics['trainable_params']:,} ({metrics['trainable_percent']:.2f}%)")
-    table.add_row("train time", f"{metrics['train_time_s']:.1f} s")
-    table.add_row("peak memory", f"{metrics['peak_memory_mb']:,.0f} MB")
-    return table
 
 
 def print_summary(metrics: dict, rows: list[dict], run_dir: Path) -> None:
     from rich.console import Console
     from rich.markup import escape
+
+    from lokal.evaluation.summary import summary_table
 
     console = Console()
     console.print(summary_table(metrics, run_dir))

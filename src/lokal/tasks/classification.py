@@ -119,7 +119,7 @@ class Classification:
         return {k: v for k, v in best_checkpoint_scores(trainer, module, data).items() if not k.endswith("/loss")}
 
     def write_outputs(self, trainer, module, data, metrics: dict, run_dir: Path) -> dict:
-        from lokal.wandb_report import log_run_to_wandb
+        from lokal.training.wandb import log_run_to_wandb
 
         predictions = predict_test(trainer, module, data)
         metrics = write_outputs(module, data, metrics, run_dir, predictions, self.settings)
@@ -148,9 +148,9 @@ def predict_test(trainer, module, datamodule):
 
 
 def subgroup_metrics(predictions, settings, run_dir: Path) -> dict:
-    """The fairness report (lokal.fairness): subgroups.json and subgroups.md, gaps above
+    """The fairness report (lokal.evaluation.fairness): subgroups.json and subgroups.md, gaps above
     `evaluation.gap_warning` logged as warnings, flat `subgroup/<column>/max_gap/<metric>` keys."""
-    from lokal.fairness import subgroup_report, write_subgroup_report
+    from lokal.evaluation.fairness import subgroup_report, write_subgroup_report
 
     report = subgroup_report(predictions, settings.subgroups, settings.gap_warning)
     write_subgroup_report(report, run_dir)
@@ -166,10 +166,11 @@ def write_outputs(module, datamodule, metrics: dict, run_dir: Path, predictions,
     metrics from the predictions (they replace the `trainer.test` ones of the same name), the
     subgroup report, confusion_matrix.csv, plots/, metrics.json, the summary. Returns the metrics."""
     from lokal.evaluation import classification_report, confusion_counts, save_plots, write_predictions
+    from lokal.evaluation.summary import print_classification_summary
     from lokal.io import write_json, write_text
-    from lokal.predict import write_classes
-    from lokal.report import print_summary
-    from lokal.weights import save_weights
+    from lokal.paths import FINISHED
+    from lokal.runs.predict import write_classes
+    from lokal.training.weights import save_weights
 
     save_weights(module.model, run_dir)
     write_classes(run_dir, datamodule.class_names)  # `lokal predict` then needs no training data
@@ -184,8 +185,8 @@ def write_outputs(module, datamodule, metrics: dict, run_dir: Path, predictions,
             save_plots(run_dir, predictions, datamodule.class_names)
         except Exception as err:  # a plot must never cost a finished run its metrics.json
             log.warning("plots not written (%s: %s); metrics and predictions are", type(err).__name__, err)
-    write_json(run_dir / "metrics.json", metrics)  # last: its presence marks a finished run
-    print_summary(metrics, run_dir)
+    write_json(run_dir / FINISHED, metrics)  # last: its presence marks a finished run
+    print_classification_summary(metrics, run_dir)
     return metrics
 
 
@@ -198,7 +199,7 @@ def class_counts(datamodule) -> list[int]:
 
 
 def text_baseline(datamodule) -> dict[str, float]:
-    from lokal.baseline import tfidf_logreg
+    from lokal.evaluation.baselines import tfidf_logreg
 
     splits = ("train", "test")
     return tfidf_logreg({s: datamodule.texts(s) for s in splits}, {s: datamodule.labels(s) for s in splits})

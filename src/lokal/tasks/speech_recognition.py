@@ -47,7 +47,7 @@ class SpeechRecognition:
         return metrics
 
     def write_outputs(self, trainer, module, data, metrics: dict, run_dir: Path) -> dict:
-        from lokal.wandb_report import log_run_to_wandb
+        from lokal.training.wandb import log_run_to_wandb
 
         write_outputs(module, data, metrics, run_dir, self.before or Before(), self.after)
         log_run_to_wandb(trainer.loggers, run_dir, metrics, None, None)
@@ -186,13 +186,14 @@ def write_outputs(module: SpeechModule, datamodule, metrics: dict, run_dir: Path
     import pandas as pd
 
     from lokal.io import write_json, write_text
-    from lokal.weights import save_weights
+    from lokal.paths import FINISHED
+    from lokal.training.weights import save_weights
 
     save_weights(module.model, run_dir)
     rows = pd.DataFrame({"file": datamodule.files("test"), "reference": datamodule.texts("test"),
                          "before": before.transcripts or None, "after": after})
     write_text(run_dir / "transcripts.csv", rows.to_csv(index=False))
-    write_json(run_dir / "metrics.json", metrics)  # last: its presence marks a finished run
+    write_json(run_dir / FINISHED, metrics)  # last: its presence marks a finished run
     print_summary(metrics, rows, run_dir)
 
 
@@ -200,7 +201,7 @@ def print_summary(metrics: dict, rows, run_dir: Path, shown: int = 5) -> None:
     from rich.console import Console
     from rich.markup import escape
 
-    from lokal.tasks.causal_lm import summary_table
+    from lokal.evaluation.summary import summary_table
 
     console = Console()
     console.print(summary_table(metrics, run_dir))

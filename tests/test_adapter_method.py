@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.methods.adapter import PREFIX, Adapter, detach, find_sites
 from lokal.training.weights import load_weights, save_weights
 from tests.test_methods import make_batch, make_model

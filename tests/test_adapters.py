@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.methods.additive import Additive
 from lokal.methods.lora import LoRA
 from lokal.runs.adapters import AdapterBank, export, from_runs, logits, merge, unique_name

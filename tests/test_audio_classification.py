@@ -15,9 +15,9 @@ import pytest
 import soundfile
 import torch
 
-from lokal import LokalError
 from lokal.data.audio_files import AudioFolderDataModule
 from lokal.data.files import FileTableDataModule
+from lokal.errors import LokalError
 from tests.conftest import FAST, compose
 
 TONES = {"low": 300, "high": 1200}  # Hz: two classes any log-mel separates

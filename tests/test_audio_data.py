@@ -11,7 +11,6 @@ import pytest
 import soundfile
 import torch
 
-from lokal import LokalError
 from lokal.data.audio import SAMPLE_RATE, LengthPolicy, load_audio, resample, split_chunks
 from lokal.data.audio_augment import (
     AudioAugment,
@@ -21,6 +20,7 @@ from lokal.data.audio_augment import (
     speed_perturb,
     time_shift,
 )
+from lokal.errors import LokalError
 
 
 def sine(freq: float, seconds: float, rate: int) -> np.ndarray:

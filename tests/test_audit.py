@@ -19,10 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw, ImageEnhance
 
-from lokal import LokalError
 from lokal.audit import run_audit
 from lokal.audit.pii import PROVINCES, find_pii, find_pii_series, mask, redact
 from lokal.audit.text import near_duplicate_groups
+from lokal.errors import LokalError
 from tests.conftest import ROOT
 
 NIK = "3201012304950001"  # Jawa Barat, born 23 April 1995, serial 0001

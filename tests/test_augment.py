@@ -13,7 +13,6 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from lokal import LokalError
 from lokal.data.augment import (
     BatchMixup,
     MixupConfig,
@@ -25,6 +24,7 @@ from lokal.data.augment import (
 )
 from lokal.data.image import ImageFolderDataModule
 from lokal.data.text import TextDataModule
+from lokal.errors import LokalError
 from lokal.training.losses import FocalLoss, cross_entropy
 from tests.conftest import compose
 

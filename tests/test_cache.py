@@ -191,7 +191,7 @@ def test_image_loaders_with_workers_use_the_cache(tmp_path):
 
 
 def test_the_dataset_names_an_unreadable_image(tmp_path):
-    from lokal import LokalError
+    from lokal.errors import LokalError
 
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not a jpeg")

@@ -11,11 +11,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lokal import LokalError
 from lokal.audit import analyse, run_audit
 from lokal.audit.clean import plan, write_clean
 from lokal.audit.source import from_path
 from lokal.data import tables
+from lokal.errors import LokalError
 from tests.test_audit import NIK, planted_images, planted_texts, run_cli, topic_texts
 
 

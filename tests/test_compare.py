@@ -12,7 +12,7 @@ import sys
 import pytest
 import yaml
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.runs.compare import compare, find_runs, pareto_front, write_reports
 
 METRIC = "test/accuracy"

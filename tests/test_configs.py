@@ -80,8 +80,8 @@ def test_shipped_efficientnet_is_really_imagenet_pretrained():
 
 
 def test_weights_of_another_architecture_are_refused_clearly():
-    from lokal import LokalError
     from lokal.assets.shipped import efficientnet_lite0
+    from lokal.errors import LokalError
     from lokal.models.vision import ImageClassifier
 
     with pytest.raises(LokalError, match="resnet18: pretrained weights could not be loaded.*model.checkpoint"):

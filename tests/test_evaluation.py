@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from sklearn import metrics as skm
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.evaluation import (
     Evaluation,
     check_subgroups,

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score, roc_auc_score
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.evaluation.fairness import format_warnings, subgroup_report, write_subgroup_report
 
 CLASSES = ["negative", "positive"]

@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.evaluation.forgetting import (
     base_copy,
     forgetting_report,

@@ -9,9 +9,9 @@ import json
 import pytest
 import torch
 
-from lokal import LokalError
 from lokal.assets.shipped import indo_instruct
 from lokal.data.instruct import IGNORE, InstructionDataModule
+from lokal.errors import LokalError
 from lokal.models.causal_lm import CausalLM
 from tests.conftest import FAST, compose
 

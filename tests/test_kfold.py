@@ -14,7 +14,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.run import train
 from lokal.runs.load import load_run
 from tests.conftest import FAST, compose

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from lokal import LokalError
 from lokal.data.base import balanced_sampler
+from lokal.errors import LokalError
 from lokal.training.losses import FocalLoss, class_weights, cross_entropy
 
 COUNTS = [90, 8, 2]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.methods.additive import Additive
 from lokal.methods.bitfit import BitFit
 from lokal.methods.full import Full, layer_depths

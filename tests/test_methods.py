@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.methods.adapter import Adapter
 from lokal.methods.additive import Additive
 from lokal.methods.bitfit import BitFit

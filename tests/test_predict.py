@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.io import write_text
 from lokal.runs.predict import collect_inputs, load_predictor, predict, run_classes, write_classes
 from lokal.training.weights import save_weights

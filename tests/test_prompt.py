@@ -10,7 +10,7 @@ import copy
 import pytest
 import torch
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.methods.prompt import TEXT_KINDS, Prompt
 from lokal.training.weights import load_weights, save_weights
 from tests.test_methods import make_batch, make_model

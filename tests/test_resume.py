@@ -158,7 +158,7 @@ def test_a_finished_run_folder_returns_its_metrics_without_training(run_dir):
 
 
 def test_a_folder_in_use_by_a_live_process_is_refused(run_dir):
-    from lokal import LokalError
+    from lokal.errors import LokalError
     from lokal.training.rundir import lock_owner, run_lock
 
     run_dir.mkdir(parents=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.training.slurm import check_fields, check_partition
 from tests.conftest import ROOT
 

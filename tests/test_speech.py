@@ -13,8 +13,8 @@ import pytest
 import soundfile
 import torch
 
-from lokal import LokalError
 from lokal.data.speech import IGNORE, SpeechDataModule, collate
+from lokal.errors import LokalError
 from lokal.models.speech import WhisperASR
 from lokal.tasks.speech_recognition import normalise
 from tests.conftest import FAST, compose

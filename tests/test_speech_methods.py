@@ -11,7 +11,7 @@ import re
 import pytest
 import torch
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.methods.additive import Additive
 from lokal.models.speech import WhisperASR
 from lokal.training.weights import load_weights, save_weights

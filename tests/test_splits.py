@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lokal import LokalError
 from lokal.data.splits import given_splits, split_rows
+from lokal.errors import LokalError
 
 FAST = settings(max_examples=50, deadline=None)
 

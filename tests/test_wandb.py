@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.runs.wandb_report import read_offline_run
 from lokal.training.wandb import log_run_to_wandb
 from tests.conftest import FAST, compose

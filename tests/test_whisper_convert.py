@@ -13,8 +13,8 @@ import shutil
 import numpy as np
 import pytest
 
-from lokal import LokalError
 from lokal.data.audio import load_audio
+from lokal.errors import LokalError
 
 # Short and long prompts, digits and sentences; all transcribed exactly by tiny.en.
 SAMPLE = [

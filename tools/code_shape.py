@@ -34,7 +34,8 @@ def imports(name: str, file: Path, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:  # relative: from . import x
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
             for alias in node.names:
                 full = f"{base}.{alias.name}"
                 found.add(full if full in known else base)
@@ -92,7 +93,8 @@ if __name__ == "__main__":
         print("  " + " <-> ".join(cycle))
     lengths = function_lengths()
     long = [(n, f) for n, f in lengths if n >= MAX_LINES]
-    print(f"functions: {len(lengths)}, longest {lengths[0][0]} lines ({lengths[0][1]}); {MAX_LINES}+ lines: {len(long)}")
+    longest_lines, longest = lengths[0]
+    print(f"functions: {len(lengths)}, longest {longest_lines} lines ({longest}); {MAX_LINES}+ lines: {len(long)}")
     for n, f in long:
         print(f"  {n:3d} {f}")
     sys.exit(1 if cycles or long else 0)

@@ -15,8 +15,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from lokal import LokalError, paths
+from lokal import paths
 from lokal.assets.shipped import register_resolver
+from lokal.errors import LokalError
 from lokal.training.rundir import register_resolvers
 
 CONFIG_DIR = str(paths.CONFIG_DIR)

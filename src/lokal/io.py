@@ -46,7 +46,7 @@ def check_writable(target: Path, what: str = "--out") -> Path:
     user's). A real probe file, not os.access: root passes os.access on read-only mounts too."""
     import tempfile
 
-    from lokal import LokalError
+    from lokal.errors import LokalError
 
     target = Path(target).expanduser()
     existing = next(p for p in [target, *target.parents] if p.exists())

@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from lokal import LokalError
+from lokal.errors import LokalError
 
 PACKAGES = ("asterisk-core-sounds-en-wav", "asterisk-core-sounds-en")
 SOUNDS = Path("usr/share/asterisk/sounds/en_US_f_Allison")

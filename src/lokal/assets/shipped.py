@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.io import write_atomically
 from lokal.paths import ASSETS_DIR, CACHE_DIR
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from lokal import LokalError
 from lokal.audit.core import Analysis
 from lokal.audit.source import Source
+from lokal.errors import LokalError
 
 KEEP_ORDER = {"test": 0, "val": 1, "train": 2}  # which copy of a duplicate stays
 

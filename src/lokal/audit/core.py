@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from lokal import LokalError
 from lokal.audit.groups import UnionFind
+from lokal.errors import LokalError
 
 EXAMPLE_CHARS = 80
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lokal import LokalError
+from lokal.errors import LokalError
 
 SPLITS = ("train", "val", "test")
 

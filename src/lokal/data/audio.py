@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lokal import LokalError
 from lokal.data.checks import check_audio
+from lokal.errors import LokalError
 
 SAMPLE_RATE = 16_000  # Whisper's log-mel front end is fixed at 16 kHz
 MAX_SECONDS = 30.0  # Whisper's encoder sees 3000 mel frames = 30 s

@@ -12,8 +12,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from lokal import LokalError
 from lokal.data.audio import SAMPLE_RATE
+from lokal.errors import LokalError
 
 
 def add_noise(audio: np.ndarray, snr_db: float, rng: np.random.Generator,

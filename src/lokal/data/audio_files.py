@@ -17,11 +17,11 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from lokal import LokalError
 from lokal.data.audio import SAMPLE_RATE, LengthPolicy, load_audio, split_chunks
 from lokal.data.audio_augment import AudioAugment, SpecAugment
 from lokal.data.checks import AUDIO_EXTENSIONS
 from lokal.data.image import ImageFolderDataModule
+from lokal.errors import LokalError
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.paths import ASSETS_DIR
 
 SLANG_SUPPLEMENT = ASSETS_DIR / "slang_id.tsv"

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from lokal import LokalError
 from lokal.data.checks import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, modality_of
 from lokal.data.image import LabelledFilesDataModule
 from lokal.data.tables import read_table, require_columns, require_values, tag_rows, wanted_columns
+from lokal.errors import LokalError
 
 
 class FileTableDataModule(LabelledFilesDataModule):

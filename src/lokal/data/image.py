@@ -12,13 +12,13 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lokal import LokalError
 from lokal.data.augment import BatchMixup, MixupConfig, from_config
 from lokal.data.base import SplitDataModule, balanced_sampler, make_records, record_extras
 from lokal.data.cache import ImageCache, cache_folder, digest, file_identity
 from lokal.data.checks import IMAGE_EXTENSIONS, check_file, load_rgb, modality_of
 from lokal.data.resumable import resumable_loader
 from lokal.data.splits import known_classes, split_rows
+from lokal.errors import LokalError
 
 log = logging.getLogger(__name__)
 

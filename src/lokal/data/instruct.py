@@ -10,10 +10,10 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from lokal import LokalError
 from lokal.data.base import SplitDataModule
 from lokal.data.resumable import global_batch_size, resumable_loader
 from lokal.data.tables import fold_text, read_table, require_columns
+from lokal.errors import LokalError
 
 log = logging.getLogger(__name__)
 IGNORE = -100  # label of tokens the loss skips (prompt, padding): PyTorch's and HF's ignore_index

@@ -17,7 +17,6 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lokal import LokalError
 from lokal.audit.images import file_sha256
 from lokal.data.audio import SAMPLE_RATE, LengthPolicy, audio_problem, load_audio
 from lokal.data.audio_augment import AudioAugment, SpecAugment
@@ -27,6 +26,7 @@ from lokal.data.image import bad_files_message
 from lokal.data.resumable import resumable_loader
 from lokal.data.splits import split_rows
 from lokal.data.tables import read_table, require_columns, require_values, tag_rows, wanted_columns
+from lokal.errors import LokalError
 
 log = logging.getLogger(__name__)
 IGNORE = -100  # label of positions the loss skips (padding): PyTorch's and HF's ignore_index

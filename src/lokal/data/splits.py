@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from lokal import LokalError
+from lokal.errors import LokalError
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")

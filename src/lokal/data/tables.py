@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from lokal import LokalError
 from lokal.data.splits import given_splits, label_strings
+from lokal.errors import LokalError
 
 log = logging.getLogger(__name__)
 LABEL = "_label"  # the label as a string, as the user wrote it (before label_names)

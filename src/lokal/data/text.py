@@ -8,13 +8,13 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from lokal import LokalError
 from lokal.data.augment import TextAugment, from_config
 from lokal.data.base import SplitDataModule, balanced_sampler, make_records, record_extras
 from lokal.data.cache import cache_folder
 from lokal.data.resumable import global_batch_size, resumable_loader
 from lokal.data.splits import known_classes, split_rows
 from lokal.data.tables import LABEL, fold_text, map_labels, read_table, require_columns, tag_rows, wanted_columns
+from lokal.errors import LokalError
 
 log = logging.getLogger(__name__)
 DEDUP = (True, False, "near")  # near: also near copies (lokal audit's MinHash search)

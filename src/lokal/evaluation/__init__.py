@@ -69,7 +69,7 @@ def parameter_counts(model) -> dict[str, int | float]:
 def check_subgroups(subgroups: list[str], datamodule) -> None:
     """evaluation.subgroups must name columns predictions.csv carries (data.metadata_columns, or
     "group" for data.group_column): checked before training, not after."""
-    from lokal import LokalError
+    from lokal.errors import LokalError
 
     carried = list(getattr(datamodule, "metadata_columns", []))
     carried += ["group"] if getattr(datamodule, "group_column", None) else []

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.io import write_json, write_text
 
 CORE = ("id", "split", "label", "predicted", "confidence", "correct")  # predictions.csv columns that are not metadata

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.paths import ASSETS_DIR
 
 PREFIX = "forgetting/"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.methods import Method, freeze_all_but, head_prefixes
 
 KINDS = ("ia3", "side")

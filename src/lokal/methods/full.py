@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.methods import Method
 
 

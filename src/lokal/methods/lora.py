@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.methods import Method
 
 

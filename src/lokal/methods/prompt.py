@@ -16,7 +16,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.methods import Method, freeze_all_but, head_prefixes, require_modality
 
 TEXT_KINDS = ("prompt_tuning", "prefix", "p_tuning")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.models.text import explain_load_errors, quiet_transformers
 
 TASKS = ("transcribe", "translate")

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.io import write_folder_atomically
 from lokal.paths import CACHE_DIR
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lokal import LokalError
+from lokal.errors import LokalError
 
 
 class ImageClassifier(nn.Module):

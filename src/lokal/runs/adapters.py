@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.training.weights import ADAPTER_DIR, adapter_name, is_peft, load_buffers, load_into
 
 log = logging.getLogger(__name__)

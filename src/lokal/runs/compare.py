@@ -15,7 +15,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.markup import md_cell, page_head
 
 # Which way is better is read from the metric's name: these are errors or losses.

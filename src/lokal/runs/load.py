@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.paths import CONFIG_FILE, FOLD_DIR
 
 # Classes a run's config.yaml may name from before the package was laid out by layer.
@@ -58,3 +58,4 @@ def load_run(run_dir: str | Path):
     is_adapter = (Path(run_dir) / ADAPTER_DIR).is_dir()
     datamodule, model = build(cfg, None if is_adapter else instantiate(cfg.method))
     return datamodule, load_weights(model, Path(run_dir)).eval()
+

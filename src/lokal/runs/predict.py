@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lokal import LokalError
+from lokal.errors import LokalError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import re
 import time
 from pathlib import Path
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.markup import page_head
 
 # the run-table columns, in this order, when any run has them (per-class metrics stay in each run's plots)

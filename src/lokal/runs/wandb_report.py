@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.training.wandb import wandb_run_id, wandb_runs
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from typing import Any
 
 from hydra.plugins.sweeper import Sweeper
 
-from lokal import LokalError
+from lokal.errors import LokalError
 
 log = logging.getLogger(__name__)
 logging.getLogger("alembic").setLevel(logging.WARNING)  # optuna's SQLite storage: one INFO line per alembic plugin

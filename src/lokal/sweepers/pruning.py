@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.sweepers.optuna import PRUNED_FILE
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import Protocol
 
-from lokal import LokalError
+from lokal.errors import LokalError
 
 
 class Task(Protocol):

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.training.module import FinetuneModule
 
 log = logging.getLogger(__name__)

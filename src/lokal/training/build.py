@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.tasks import make_task, task_of
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from lokal import LokalError
+from lokal.errors import LokalError
 
 
 def _whole(low: int) -> Callable[[object], bool]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.io import write_json
 from lokal.paths import FINISHED, FOLD_DIR
 

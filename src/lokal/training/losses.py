@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lokal import LokalError
+from lokal.errors import LokalError
 
 
 def class_weights(counts: Sequence[int], mode: str | None) -> torch.Tensor | None:

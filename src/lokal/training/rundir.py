@@ -46,7 +46,7 @@ def claim_run_folder(run_dir: Path, cfg, is_main: bool = True) -> None:
     back the `.hydra/` files Hydra already overwrote; else record this config as the folder's."""
     from omegaconf import OmegaConf
 
-    from lokal import LokalError
+    from lokal.errors import LokalError
     from lokal.io import write_text
     from lokal.training.config_checks import check_same_config
 
@@ -155,7 +155,7 @@ def pid_alive(pid: int) -> bool:
 def run_lock(run_dir: Path, is_main: bool = True) -> Iterator[None]:
     """Hold `run.lock` in `run_dir` while training (the main process only); removed at the end,
     left behind by a killed process, where `lock_is_live` recognises it as stale."""
-    from lokal import LokalError
+    from lokal.errors import LokalError
     from lokal.io import write_json
 
     if not is_main:

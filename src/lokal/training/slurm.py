@@ -31,7 +31,7 @@ from hydra.core.utils import JobReturn, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurmLauncher
 from omegaconf import DictConfig, OmegaConf
 
-from lokal import LokalError
+from lokal.errors import LokalError
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lokal import LokalError
+from lokal.errors import LokalError
 from lokal.io import write_atomically
 
 ADAPTER_DIR, WEIGHTS_FILE, BUFFERS_FILE = "adapter", "weights.safetensors", "buffers.safetensors"

@@ -1,0 +1,45 @@
+"""A finished run for Python users (`lokal.load_run`): its config, metrics and model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from lokal.errors import LokalError
+from lokal.runs.load import load_config
+
+
+class Run:
+    """A finished run for Python users (`lokal.load_run`): its config, metrics and model."""
+
+    def __init__(self, run_dir: Path, config: DictConfig, metrics: dict) -> None:
+        self.dir, self.config, self.metrics = run_dir, config, metrics
+        self._predictor = None
+
+    @classmethod
+    def open(cls, run_dir: str | Path) -> Run:
+        import json
+
+        from lokal.paths import FINISHED
+
+        run_dir = Path(run_dir)
+        config = load_config(run_dir)
+        if not (run_dir / FINISHED).is_file():
+            raise LokalError(f"{run_dir} has not finished (no {FINISHED}): start its command again to resume it")
+        return cls(run_dir, config, json.loads((run_dir / FINISHED).read_text()))
+
+    def predict(self, items: list[str], batch_size: int = 32, device: str | None = None):
+        """Class probabilities for texts (a text model) or image paths (an image model), as
+        `lokal predict` writes them: a DataFrame of id, predicted, confidence, prob/<class>."""
+        from lokal.runs.predict import load_predictor, probabilities, to_frame
+
+        if isinstance(items, str):
+            items = [items]
+        if self._predictor is None:  # the model loads once, on the first call
+            self._predictor = load_predictor(self.dir)
+        probs = probabilities(self._predictor, list(items), batch_size, device)
+        return to_frame([str(i) for i in range(len(items))], probs, self._predictor.class_names)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.dir)!r})"

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from lokal import paths
 from lokal.assets.shipped import register_resolver
-from lokal.errors import LokalError
+from lokal.errors import LokalError, find_lokal_error
 from lokal.training.rundir import register_resolvers
 
 CONFIG_DIR = str(paths.CONFIG_DIR)
@@ -60,7 +60,7 @@ def user_message(err: BaseException) -> str | None:
     """What to tell the user about `err`, or None for a bug (its traceback is then shown)."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
-    found = _lokal_error(err)
+    found = find_lokal_error(err)
     if found is not None:
         return str(found)
     if isinstance(err, ConfigCompositionException | OverrideParseException | MissingConfigException):
@@ -70,15 +70,6 @@ def user_message(err: BaseException) -> str | None:
         return (f"cannot write {err.filename}: {err.strerror}. Give a folder you can write to, e.g. "
                 "paths.output_dir=~/lokal-runs (runs go to DIR/runs/), or free some space")
     return None
-
-
-def _lokal_error(err: BaseException | None) -> LokalError | None:
-    """Hydra's instantiate wraps errors raised in constructors; find ours in the chain."""
-    seen = set()
-    while err is not None and not isinstance(err, LokalError) and id(err) not in seen:
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return err
 
 
 def _composition_message(err: Exception) -> str:

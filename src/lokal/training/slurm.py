@@ -76,17 +76,23 @@ class SlurmLauncher(SubmititSlurmLauncher):
         return wait_for(jobs)
 
     def __call__(self, *args: Any) -> JobReturn:
-        """In the job: a run stopped by bad input (the CLI exits with 2) raises its LokalError, so
-        submitit reports it to the sweep instead of the job ending without a result."""
+        """In the job: a run stopped by bad input raises its LokalError, so submitit reports it to
+        the sweep (Hydra would return it inside a JobReturn, and its cause would not survive pickling)."""
+        from hydra.core.utils import JobStatus
+
+        from lokal.errors import find_lokal_error
+
         try:
-            return super().__call__(*args)
+            result = super().__call__(*args)
         except SystemExit as exit:
             if exit.code != 2:  # e.g. submitit's own exit after requeueing: the job runs again
                 raise
-            from lokal.cli import _lokal_error
-
-            error = _lokal_error(exit.__context__)
-            raise (error or LokalError("the run stopped on bad input: its log says why")) from None
+            raise find_lokal_error(exit.__context__) or LokalError("the run stopped on bad input: its log says "
+                                                                   "why") from None
+        error = find_lokal_error(result._return_value) if result.status == JobStatus.FAILED else None
+        if error is not None:
+            raise error from None
+        return result
 
     def executor(self):
         """submitit's Slurm executor with this config (as the plugin builds it)."""

@@ -17,8 +17,8 @@ from PIL import Image
 
 from lokal.errors import LokalError
 from lokal.io import write_text
-from lokal.runs.predict import collect_inputs, load_predictor, predict, run_classes, write_classes
-from lokal.training.weights import save_weights
+from lokal.runs.predict import collect_inputs, load_predictor, predict, run_classes
+from lokal.training.weights import save_weights, write_classes
 from tests.conftest import compose, make_image_folder
 
 TEXTS = ["the food was great", "terrible service, never again", "ok", "a much longer text " * 8, "lumayan enak"]

@@ -301,7 +301,7 @@ def predict_main(argv: list[str]) -> None:
     predictor = load_predictor(args.source)
     ids, items = collect_inputs(args.inputs, predictor, args.text_column, args.file_column)
     frame = to_frame(ids, probabilities(predictor, items, args.batch_size, args.device, args.skip_bad),
-                     predictor.class_names)
+                     predictor.class_names, predictor.thresholds)
     print_predictions(frame, len(ids), write_csv(frame, out))
 
 

@@ -17,6 +17,8 @@ CACHE_DIR = Path(os.environ.get("LOKAL_CACHE", Path.home() / ".cache" / "lokal")
 CONFIG_FILE = "config.yaml"  # the resolved config the run trained with
 FINISHED = "metrics.json"  # written last by every run: its presence marks a finished run
 FOLD_DIR = "fold_{}"  # k-fold: one complete run directory per fold
+CLASSES_FILE = "classes.json"  # the class (or label) names in output order: `lokal predict` needs no data
+THRESHOLDS_FILE = "thresholds.json"  # multi-label runs: label -> probability cut, chosen on validation
 
 
 def data_cache_dir() -> Path:

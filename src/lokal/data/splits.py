@@ -298,3 +298,64 @@ def known_classes(labels: pd.Series, classes: Sequence | None, ids: pd.Series, w
     if unused:
         log.warning("%s: data.classes %s have no examples; the model gets outputs it never learns", where, unused)
     return classes
+
+
+# -- multi-label ---------------------------------------------------------------------------------
+def multilabel_split_rows(targets: np.ndarray, names: list[str], val_fraction: float, test_fraction: float,
+                          seed: int, where: str, given: Sequence[str] | None = None, folds: int = 0,
+                          fold: int = 0) -> dict[str, np.ndarray]:
+    """Row indices per split for (N, L) 0/1 targets, by iterative stratification (Sechidis et al.
+    2011; the iterative-stratification package): every label keeps its share in each split. As
+    `split_rows`: `given` wins, else k-fold, else held out by seed; val is carved from the rest."""
+    check_fractions(val_fraction, test_fraction)
+    index = np.arange(len(targets))
+    if folds and given is not None:
+        raise LokalError(f"{where}: data.folds={folds} makes its own test folds, so it cannot be combined with "
+                         "data.split_column; unset one of them")
+    if folds:
+        split = _multilabel_folds(targets, folds, fold, val_fraction, seed)
+    elif given is not None:
+        split = {name: np.flatnonzero(np.asarray(given) == name) for name in SPLITS}
+        for name, fraction in (("test", test_fraction), ("val", val_fraction)):
+            if not len(split[name]):
+                split["train"], split[name] = _multilabel_holdout(split["train"], targets, fraction, seed)
+    else:
+        rest, test = _multilabel_holdout(index, targets, test_fraction, seed)
+        train, val = _multilabel_holdout(rest, targets, val_fraction / (1 - test_fraction), seed)
+        split = {"train": train, "val": val, "test": test}
+    _check_every_label_trains(targets, names, split, where)
+    return split
+
+
+def _multilabel_holdout(rows: np.ndarray, targets: np.ndarray, fraction: float,
+                        seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+    if fraction <= 0 or len(rows) < 2:
+        return rows, rows[:0]
+    splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+    kept, held = next(splitter.split(rows, targets[rows]))
+    return np.sort(rows[kept]), np.sort(rows[held])
+
+
+def _multilabel_folds(targets: np.ndarray, folds: int, fold: int, val_fraction: float,
+                      seed: int) -> dict[str, np.ndarray]:
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    if folds < 2 or not 0 <= fold < folds:
+        raise LokalError(f"data.folds={folds}, data.fold={fold}: k-fold needs folds >= 2 and 0 <= fold < folds")
+    index = np.arange(len(targets))
+    rest, test = list(MultilabelStratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+                      .split(index, targets))[fold]
+    train, val = _multilabel_holdout(rest, targets, val_fraction, seed)
+    return {"train": train, "val": val, "test": np.sort(test)}
+
+
+def _check_every_label_trains(targets: np.ndarray, names: list[str], split: dict[str, np.ndarray],
+                              where: str) -> None:
+    """A label with no positive training example cannot be learned (nor its threshold chosen)."""
+    positives = targets[split["train"]].sum(axis=0)
+    missing = [name for name, n in zip(names, positives, strict=True) if n == 0]
+    if missing:
+        raise LokalError(f"{where}: label(s) {missing} have no positive example in the training split; add "
+                         "examples, or leave those labels out of data.labels")

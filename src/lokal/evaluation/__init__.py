@@ -98,9 +98,10 @@ def predict_split(model, datamodule, split: str = "test", device=None, context=N
     return pd.concat([records[["id", "split"]], frame, records[extras]], axis=1)
 
 
-def split_probabilities(model, datamodule, split: str, device=None, context=None):
-    """Class probabilities (N, C) for a split, put back in dataset order from each batch's
-    `index` (text loaders batch by length, so batch order is not dataset order)."""
+def split_probabilities(model, datamodule, split: str, device=None, context=None, multi_label: bool = False):
+    """Class probabilities (N, C) for a split (softmax; per-label sigmoids with `multi_label`), put
+    back in dataset order from each batch's `index` (text loaders batch by length, so batch order
+    is not dataset order)."""
     import torch
 
     if not hasattr(datamodule, "datasets"):
@@ -112,7 +113,8 @@ def split_probabilities(model, datamodule, split: str, device=None, context=None
     with torch.no_grad(), context or contextlib.nullcontext():
         for batch in datamodule._loader(split, train=False):
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            probs.append(model(batch).float().softmax(-1).cpu())
+            logits = model(batch).float()
+            probs.append((logits.sigmoid() if multi_label else logits.softmax(-1)).cpu())
             index.append(batch["index"].cpu())
     model.to(home).train(was_training)  # left as found (after trainer.test: on the CPU)
     probs, index = torch.cat(probs), torch.cat(index)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def print_classification_summary(metrics: dict, run_dir: Path) -> None:
+def print_classification_summary(metrics: dict, run_dir: Path, shown: tuple[str, ...] = ()) -> None:
+    """The test and val metrics, the bars to beat, size, time, memory, data counts; `shown`: more
+    keys to list (a task's own baselines)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -21,6 +23,8 @@ def print_classification_summary(metrics: dict, run_dir: Path) -> None:
         table.add_row("majority-class accuracy (test)", f"{metrics['majority_class_accuracy']:.4f}")
     if "baseline/tfidf_logreg_accuracy" in metrics:
         table.add_row("TF-IDF + logistic regression (test)", f"{metrics['baseline/tfidf_logreg_accuracy']:.4f}")
+    for key in shown:
+        table.add_row(key, f"{metrics[key]:.4f}")
     pct = 100 * metrics["trainable_params"] / metrics["total_params"]
     table.add_row("trainable params", f"{metrics['trainable_params']:,} ({pct:.2f}%)")
     table.add_row("total params", f"{metrics['total_params']:,}")

@@ -92,6 +92,7 @@ class WhisperAudioClassifier(nn.Module):
 
     modality = "audio"
     task = "classification"
+    tasks = ("classification", "multi_label")  # one logit per class, or per label
     ia3_targets, ia3_feedforward = WhisperASR.ia3_targets, WhisperASR.ia3_feedforward
 
     def __init__(

@@ -19,6 +19,7 @@ class TextClassifier(nn.Module):
 
     modality = "text"
     task = "classification"
+    tasks = ("classification", "multi_label")  # one logit per class, or per label
 
     def __init__(
         self,
@@ -32,9 +33,10 @@ class TextClassifier(nn.Module):
         from transformers import AutoModelForSequenceClassification
 
         self.name, self.max_length, self.lora_targets = name, max_length, list(lora_targets or [])
-        # the new head is reported "MISSING": expected
+        # the new head is reported "MISSING": expected. A checkpoint's own head of another size
+        # (a fine-tuned classifier, new labels) is replaced too: the head trains anyway.
         self.tokenizer, self.net, missing = load_pretrained(AutoModelForSequenceClassification, name, dtype,
-                                                            num_labels=num_classes)
+                                                            num_labels=num_classes, ignore_mismatched_sizes=True)
         missing = [k for k in missing if not k.startswith(tuple(self.head_names))]
         if missing:  # only the new head may start random
             raise LokalError(f"{name}: pretrained weights missing for {missing[:8]}; is it a complete checkpoint?")
@@ -64,7 +66,7 @@ def load_pretrained(auto_class, name: str, dtype: str, **kwargs) -> tuple:
     with quiet_transformers(), explain_load_errors(name):
         tokenizer = load_tokenizer(source)
         net, info = auto_class.from_pretrained(source, dtype=getattr(torch, dtype), output_loading_info=True, **kwargs)
-    return tokenizer, net, info["missing_keys"]
+    return tokenizer, net, list(info["missing_keys"]) + [key for key, *_ in info.get("mismatched_keys", [])]
 
 
 @contextmanager

@@ -19,6 +19,7 @@ class ImageClassifier(nn.Module):
 
     modality = "image"
     task = "classification"
+    tasks = ("classification", "multi_label")  # one logit per class, or per label
 
     def __init__(
         self,

@@ -39,7 +39,8 @@ class Run:
         if self._predictor is None:  # the model loads once, on the first call
             self._predictor = load_predictor(self.dir)
         probs = probabilities(self._predictor, list(items), batch_size, device)
-        return to_frame([str(i) for i in range(len(items))], probs, self._predictor.class_names)
+        return to_frame([str(i) for i in range(len(items))], probs, self._predictor.class_names,
+                        self._predictor.thresholds)
 
     def __repr__(self) -> str:
         return f"Run({str(self.dir)!r})"

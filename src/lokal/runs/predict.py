@@ -23,10 +23,10 @@ from pathlib import Path
 import pandas as pd
 
 from lokal.errors import LokalError
+from lokal.paths import CLASSES_FILE, THRESHOLDS_FILE
 
 log = logging.getLogger(__name__)
 
-CLASSES_FILE = "classes.json"  # the run's class names in output order, a JSON list
 TABLES = (".csv", ".tsv", ".jsonl", ".parquet")
 TEXT_FILES = (".txt",)
 TEXT_INPUTS = "a CSV/TSV/JSONL/Parquet table with a text column (--text-column), or a .txt file (one text per line)"
@@ -43,6 +43,7 @@ class Predictor:
     modality: str  # "text" | "image"
     source: str  # the run or folder, for messages
     prepare_text: Callable[[list[str]], list[str]] | None = None  # the run's own text normalisation
+    thresholds: list[float] | None = None  # multi-label runs: a sigmoid per label, cut where validation chose
 
 
 # -- loading the model -------------------------------------------------------------------------
@@ -96,7 +97,17 @@ def from_run(run_dir: Path) -> Predictor:
     except RuntimeError as err:  # a head of another size: the class list does not fit the weights
         raise LokalError(f"{run_dir}: the trained weights do not fit a model of {len(class_names)} classes "
                          f"{class_names} ({str(err).splitlines()[0][:200]}); check {run_dir / CLASSES_FILE}") from err
-    return Predictor(model, class_names, model.modality, str(run_dir), text_preparation(cfg.data))
+    return Predictor(model, class_names, model.modality, str(run_dir), text_preparation(cfg.data),
+                     saved_thresholds(run_dir, class_names))
+
+
+def saved_thresholds(run_dir: Path, class_names: list[str]) -> list[float] | None:
+    """A multi-label run's per-label thresholds (thresholds.json), in output order; None otherwise."""
+    file = run_dir / THRESHOLDS_FILE
+    if not file.is_file():
+        return None
+    saved = json.loads(file.read_text())
+    return [float(saved[name]) for name in class_names]
 
 
 def check_finished(run_dir: Path) -> None:
@@ -159,13 +170,6 @@ def classes_from_data(run_dir: Path, cfg) -> list[str]:
     except OSError:
         log.info("could not write %s (read-only run directory)", run_dir / CLASSES_FILE)
     return names
-
-
-def write_classes(run_dir: str | Path, class_names: list[str]) -> Path:
-    """RUN_DIR/classes.json: what `lokal predict` needs besides the config and weights."""
-    from lokal.io import write_json
-
-    return write_json(Path(run_dir) / CLASSES_FILE, [str(c) for c in class_names])
 
 
 def text_preparation(data_cfg) -> Callable[[list[str]], list[str]] | None:
@@ -384,7 +388,8 @@ def predict(source: str | Path, inputs: list[str | Path], batch_size: int = 32, 
 
 def probabilities(predictor: Predictor, items: list[str], batch_size: int = 32, device: str | None = None,
                   skip_bad: bool = False):
-    """Softmax probabilities (N, classes) in input order; NaN rows for inputs skipped as unreadable."""
+    """Softmax probabilities (N, classes) in input order (a sigmoid per label for multi-label runs);
+    NaN rows for inputs skipped as unreadable."""
     import numpy as np
     import torch
     from rich.console import Console
@@ -401,7 +406,8 @@ def probabilities(predictor: Predictor, items: list[str], batch_size: int = 32, 
         for index, batch in batches(predictor, items, batch_size, skip_bad):
             if batch is not None:
                 logits = model({k: v.to(device) for k, v in batch.items()})
-                probs[index] = logits.float().softmax(-1).cpu().numpy()
+                logits = logits.float()
+                probs[index] = (logits.sigmoid() if predictor.thresholds else logits.softmax(-1)).cpu().numpy()
             progress.advance(task, len(index))
     return probs
 
@@ -464,12 +470,19 @@ def load_image(path: str, transform, skip_bad: bool = False):
         return None
 
 
-def to_frame(ids: list[str], probs, class_names: list[str]) -> pd.DataFrame:
-    """id, predicted, confidence, prob/<class>: rows with NaN probabilities (skipped) dropped."""
+def to_frame(ids: list[str], probs, class_names: list[str], thresholds: list[float] | None = None) -> pd.DataFrame:
+    """id, predicted, confidence, prob/<class>: rows with NaN probabilities (skipped) dropped.
+    With `thresholds` (multi-label): predicted is the set of labels at or above their threshold,
+    joined by |, and there is no single confidence."""
     import numpy as np
 
     kept = ~np.isnan(probs).any(axis=1)
     probs, ids = probs[kept], [i for i, k in zip(ids, kept, strict=True) if k]
+    if thresholds is not None:
+        chosen = probs >= np.asarray(thresholds)
+        sets = ["|".join(n for n, on in zip(class_names, row, strict=True) if on) for row in chosen]
+        frame = pd.DataFrame({"id": ids, "predicted": sets})
+        return pd.concat([frame, pd.DataFrame(probs, columns=[f"prob/{c}" for c in class_names])], axis=1)
     frame = pd.DataFrame({"id": ids, "predicted": [class_names[i] for i in probs.argmax(axis=1)],
                           "confidence": probs.max(axis=1) if len(probs) else []})
     return pd.concat([frame, pd.DataFrame(probs, columns=[f"prob/{c}" for c in class_names])], axis=1)
@@ -488,12 +501,13 @@ def print_predictions(frame: pd.DataFrame, total: int, out: Path, shown: int = 1
     from rich.table import Table
 
     table = Table(title=f"lokal predict: {len(frame):,} of {total:,} inputs", header_style="bold")
-    for column, justify in (("id", "left"), ("predicted", "left"), ("confidence", "right")):
-        table.add_column(column, justify=justify)
-    for row in frame.head(shown).itertuples(index=False):
-        table.add_row(escape(str(row.id)), escape(str(row.predicted)), f"{row.confidence:.3f}")
+    columns = [c for c in ("id", "predicted", "confidence") if c in frame]  # multi-label: no single confidence
+    for column in columns:
+        table.add_column(column, justify="right" if column == "confidence" else "left")
+    for row in frame.head(shown)[columns].itertuples(index=False):
+        table.add_row(*(f"{v:.3f}" if isinstance(v, float) else escape(str(v)) for v in row))
     if len(frame) > shown:
-        table.add_row(f"... {len(frame) - shown:,} more", "", "")
+        table.add_row(f"... {len(frame) - shown:,} more", *[""] * (len(columns) - 1))
     console = Console()
     console.print(table)
     counts = frame["predicted"].value_counts()

@@ -45,6 +45,7 @@ TASKS: dict[str, str] = {
     "classification": "lokal.tasks.classification:Classification",
     "causal_lm": "lokal.tasks.causal_lm:CausalLM",
     "speech_recognition": "lokal.tasks.speech_recognition:SpeechRecognition",
+    "multi_label": "lokal.tasks.multi_label:MultiLabel",
 }
 
 
@@ -57,5 +58,10 @@ def make_task(name: str, settings=None) -> Task:
 
 
 def task_of(obj) -> str:
-    """What a model or data module is for; classifiers predate the attribute."""
+    """What a data module (or model) is for; classifiers predate the attribute."""
     return getattr(obj, "task", "classification")
+
+
+def tasks_of(model_class) -> tuple[str, ...]:
+    """The tasks a model class serves: its `tasks`, else its one `task`."""
+    return tuple(getattr(model_class, "tasks", (task_of(model_class),)))

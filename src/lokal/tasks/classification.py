@@ -169,8 +169,7 @@ def write_outputs(module, datamodule, metrics: dict, run_dir: Path, predictions,
     from lokal.evaluation.summary import print_classification_summary
     from lokal.io import write_json, write_text
     from lokal.paths import FINISHED
-    from lokal.runs.predict import write_classes
-    from lokal.training.weights import save_weights
+    from lokal.training.weights import save_weights, write_classes
 
     save_weights(module.model, run_dir)
     write_classes(run_dir, datamodule.class_names)  # `lokal predict` then needs no training data

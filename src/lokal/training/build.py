@@ -6,7 +6,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from lokal.errors import LokalError
-from lokal.tasks import make_task, task_of
+from lokal.tasks import make_task, task_of, tasks_of
 
 
 def build(cfg: DictConfig, method=None):
@@ -30,10 +30,10 @@ def check_task(model_cfg: DictConfig, datamodule) -> None:
     model's class, before its weights load."""
     from hydra.utils import get_class
 
-    model_task, data_task = task_of(get_class(model_cfg._target_)), task_of(datamodule)
-    if model_task != data_task:
+    model_tasks, data_task = tasks_of(get_class(model_cfg._target_)), task_of(datamodule)
+    if data_task not in model_tasks:
         raise LokalError(f"data={data_choice(datamodule)} needs {make_task(data_task).models}; "
-                         f"model {model_cfg.name} is a {model_task} model")
+                         f"model {model_cfg.name} is a {' / '.join(model_tasks)} model")
 
 
 def check_modality(model_cfg: DictConfig, datamodule) -> None:

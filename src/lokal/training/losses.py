@@ -47,6 +47,19 @@ class CrossEntropy(nn.CrossEntropyLoss):
         return total / (target @ self.weight).sum()
 
 
+def binary_cross_entropy(class_counts: Sequence[int], examples: int,
+                         pos_weight_mode: str | None = None) -> nn.Module:
+    """Multi-label: one sigmoid cross-entropy per label. `class_counts` are each label's positive
+    training examples; pos_weight_mode "balanced" weighs positives by negatives / positives (as
+    torch's pos_weight), so a rare label's few positives count as much as its many negatives."""
+    if pos_weight_mode not in (None, "balanced"):
+        raise LokalError(f"loss.pos_weight_mode={pos_weight_mode!r}: choose null or balanced")
+    if pos_weight_mode is None:
+        return nn.BCEWithLogitsLoss()
+    positives = torch.as_tensor(class_counts, dtype=torch.float32).clamp(min=1)
+    return nn.BCEWithLogitsLoss(pos_weight=(examples - positives) / positives)
+
+
 class FocalLoss(nn.Module):
     """Focal loss (Lin et al. 2017): down-weights easy examples by (1 - p_true)^gamma, so the
     many easy majority-class examples stop dominating the gradient. gamma=0 is cross-entropy."""

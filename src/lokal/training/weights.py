@@ -97,6 +97,14 @@ def check_adapter_folder(folder: Path) -> None:
                              "or train the run again")
 
 
+def write_classes(run_dir: str | Path, class_names: list[str]) -> Path:
+    """RUN_DIR/classes.json: what `lokal predict` needs besides the config and weights."""
+    from lokal.io import write_json
+    from lokal.paths import CLASSES_FILE
+
+    return write_json(Path(run_dir) / CLASSES_FILE, [str(c) for c in class_names])
+
+
 def adapter_name(run_dir: Path) -> str:
     """The name a run's adapter was trained under (`adapter.name`); "default" before names were kept."""
     meta = Path(run_dir) / ADAPTER_DIR / NAME_FILE

@@ -1,0 +1,175 @@
+"""A table of texts with several labels each, as a LightningDataModule (the multi_label task).
+
+Labels come either from one column holding a set per row (`telco|complaint`; the separator is
+found among | ; , or set with `label_separator`; an empty cell is an example with no label), or
+from one 0/1 column per label (`label_columns: [telco, complaint, ...]`). Splits keep every
+label's share (iterative stratification)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from lokal.data.base import SplitDataModule, make_records
+from lokal.data.cache import cache_folder
+from lokal.data.resumable import global_batch_size, resumable_loader
+from lokal.data.splits import given_splits, multilabel_split_rows
+from lokal.data.tables import fold_text, read_table, require_columns
+from lokal.errors import LokalError
+
+log = logging.getLogger(__name__)
+SEPARATORS = ("|", ";", ",")
+
+
+class MultiLabelTextDataModule(SplitDataModule):
+    """Reads the table once, turns labels into (N, L) 0/1 targets, drops empty and duplicate
+    texts, splits by iterative stratification (or a split column, or k-fold), tokenises once."""
+
+    modality = "text"
+    task = "multi_label"
+
+    def __init__(self, path: str | None, text_column: str = "text", label_column: str | None = "labels",
+                 label_columns: list[str] | None = None, label_separator: str | None = None,
+                 labels: list[str] | None = None, table: str | None = None, encoding: str = "utf-8",
+                 dedup: bool = True, split_column: str | None = None, val_fraction: float = 0.15,
+                 test_fraction: float = 0.2, folds: int = 0, fold: int = 0, seed: int = 42, batch_size: int = 32,
+                 num_workers: int = 0, pin_memory: bool = False, cache: bool = True,
+                 cache_dir: str | None = None) -> None:
+        super().__init__()
+        self.path, self.text_column, self.split_column = path, text_column, split_column
+        self.batch_size, self.num_workers, self.pin_memory, self.seed = batch_size, num_workers, pin_memory, seed
+        self.cache_dir = cache_folder(cache, cache_dir)
+        self.tokenizer, self.max_length = None, 128
+        self.stats: dict[str, int] = {}
+        frame = read_table(path, table, encoding)
+        columns = {"text_column": text_column} | ({"split_column": split_column} if split_column else {})
+        columns |= ({f"label_columns[{i}]": c for i, c in enumerate(label_columns)} if label_columns
+                    else {"label_column": label_column})
+        require_columns(frame, columns, path)
+        frame = frame.assign(_row=range(len(frame)), _id=[f"row {i}" for i in range(len(frame))])
+        self.class_names, targets = label_targets(frame, label_column, label_columns, label_separator, labels,
+                                                  str(path))
+        frame, targets = self._clean(frame, targets, dedup)
+        given = given_splits(frame[split_column], split_column, str(path)) if split_column else None
+        index = multilabel_split_rows(targets, self.class_names, val_fraction, test_fraction, seed, str(path),
+                                      given, folds, fold)
+        self.splits = {name: (frame.iloc[rows], targets[rows]) for name, rows in index.items()}
+        self.stats |= {f"{name}_rows": len(rows) for name, rows in index.items()}
+
+    def use_model(self, model) -> None:
+        self.tokenizer, self.max_length = model.tokenizer, model.max_length
+
+    def labels(self, split: str) -> np.ndarray:
+        """(N, L) 0/1 targets of a split, in row order."""
+        return self.splits[split][1]
+
+    def texts(self, split: str) -> list[str]:
+        return self.splits[split][0][self.text_column].astype(str).tolist()
+
+    def records(self) -> pd.DataFrame:
+        """One row per kept example for `lokal audit`: the label set joined by |."""
+        parts = {name: frame.assign(_labels=self.label_sets(targets)) for name, (frame, targets) in self.splits.items()}
+        return make_records(parts, {"id": "_id", "label": "_labels", "text": self.text_column})
+
+    def label_sets(self, targets: np.ndarray) -> list[str]:
+        return ["|".join(n for n, on in zip(self.class_names, row, strict=True) if on) for row in targets]
+
+    # -- loading -------------------------------------------------------------------------------
+    def _clean(self, frame: pd.DataFrame, targets: np.ndarray, dedup: bool) -> tuple[pd.DataFrame, np.ndarray]:
+        """Empty texts go; with dedup, copies of a text keep one row, and copies with different
+        label sets are dropped (which set is right is unknown)."""
+        text = frame[self.text_column]
+        keep = ~(text.isna() | (text.astype(str).str.strip() == "")).to_numpy()
+        self.stats["empty_texts_dropped"] = int((~keep).sum())
+        if dedup:
+            key = pd.Series(fold_text(text.fillna("")).to_numpy())
+            label_sets = pd.Series([row.tobytes() for row in targets])
+            conflicting = key.map(label_sets.groupby(key).nunique()).to_numpy() > 1
+            first = ~key.duplicated().to_numpy()
+            self.stats["conflicting_dropped"] = int((keep & conflicting).sum())
+            self.stats["duplicates_dropped"] = int((keep & ~conflicting & ~first).sum())
+            keep &= first & ~conflicting
+        if not keep.any():
+            raise LokalError(f"{self.path}: no usable rows (empty texts in column {self.text_column!r}?)")
+        self.stats["rows"] = int(keep.sum())
+        return frame[keep].reset_index(drop=True), targets[keep]
+
+    # -- Lightning hooks -------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        from lokal.data.cache import encode_texts, file_identity
+
+        if self.tokenizer is None:
+            raise RuntimeError("call use_model(model) before setup: the tokenizer comes from the model")
+        if hasattr(self, "datasets"):
+            return
+        source = file_identity(self.path) if self.cache_dir else ""
+        self.datasets = {}
+        for name in self.splits:
+            rows = encode_texts(self.tokenizer, self.texts(name), self.max_length, self.cache_dir, source)
+            self.datasets[name] = [row | {"label": target.astype(np.float32).tolist(), "index": i}
+                                   for i, (row, target) in enumerate(zip(rows, self.labels(name), strict=True))]
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        from lokal.data.augment import TextCollate
+
+        rows = self.datasets[split]
+        lengths = [len(r["input_ids"]) for r in rows]
+        settings = {"batch_size": self.batch_size, "num_workers": self.num_workers, "pin_memory": self.pin_memory,
+                    "collate_fn": TextCollate(self.tokenizer, self.max_length)}
+        if not train:
+            return DataLoader(rows, sampler=sorted(range(len(rows)), key=lengths.__getitem__), **settings)
+        sampler = LengthGroupedSampler(global_batch_size(self.batch_size), lengths=lengths,
+                                       generator=torch.Generator())
+        return resumable_loader(rows, sampler, self.seed, **settings)
+
+
+def label_targets(frame: pd.DataFrame, label_column: str | None, label_columns: list[str] | None,
+                  separator: str | None, labels: list[str] | None, where: str) -> tuple[list[str], np.ndarray]:
+    """(label names, (N, L) 0/1 targets) from a column of label sets or from 0/1 columns."""
+    if label_columns:
+        return list(label_columns), indicator_targets(frame, list(label_columns), where)
+    sets = split_label_sets(frame[label_column], label_column, separator, where)
+    found = sorted({label for row in sets for label in row})
+    names = [str(name) for name in labels] if labels else found
+    unknown = [(row_id, sorted(row - set(names))) for row_id, row in zip(frame["_id"], sets, strict=True)
+               if row - set(names)]
+    if unknown:
+        shown = ", ".join(f"{i} {u}" for i, u in unknown[:10])
+        raise LokalError(f"{where}: {len(unknown)} row(s) have a label not in data.labels {names}: {shown}; fix "
+                         "those labels or add them to data.labels")
+    targets = np.array([[name in row for name in names] for row in sets], dtype=np.int64).reshape(len(sets), -1)
+    return names, targets
+
+
+def split_label_sets(values: pd.Series, column: str, separator: str | None, where: str) -> list[set[str]]:
+    """Each cell as a set of labels; the separator found among | ; , unless given."""
+    cells = values.fillna("").astype(str)
+    if separator is None:
+        counts = {sep: int(cells.str.contains(sep, regex=False).sum()) for sep in SEPARATORS}
+        separator = max(counts, key=counts.get)
+        if counts[separator] == 0:
+            raise LokalError(f"{where}: no cell of column {column!r} holds more than one label (looked for "
+                             f"{' '.join(SEPARATORS)}), e.g. {cells.iloc[0]!r}. Set data.label_separator, give one "
+                             "0/1 column per label with data.label_columns, or for one label per row use "
+                             "data=text_csv")
+        log.info("%s: labels in column %r separated by %r", where, column, separator)
+    return [{part.strip() for part in cell.split(separator) if part.strip()} for cell in cells]
+
+
+def indicator_targets(frame: pd.DataFrame, columns: list[str], where: str) -> np.ndarray:
+    """0/1 (or true/false) columns as targets; anything else is an error naming the column and rows."""
+    values = frame[columns].replace({"true": 1, "false": 0, "True": 1, "False": 0, True: 1, False: 0})
+    numeric = values.apply(pd.to_numeric, errors="coerce")
+    for column in columns:
+        bad = ~numeric[column].isin([0, 1])
+        if bad.any():
+            rows = ", ".join(frame["_id"][bad].head(5))
+            raise LokalError(f"{where}: column {column!r} (data.label_columns) must hold 0 or 1, but {rows} hold "
+                             f"{frame[column][bad].head(3).tolist()}")
+    return numeric.to_numpy(dtype=np.int64)

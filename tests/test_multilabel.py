@@ -177,3 +177,54 @@ def test_single_label_losses_are_refused_for_multilabel_data(tmp_path, tiny_text
     done = run_train(train_args(ticket_table(tmp_path / "t.csv"), tiny_text_models["bert"], tmp_path / "run",
                                 "loss=cross_entropy"))
     assert done.returncode == 2 and "multi-label data trains with loss=bce" in done.stderr
+
+
+# -- images ----------------------------------------------------------------------------------------------
+QUADRANTS = ["top_left", "top_right", "bottom_left", "bottom_right"]
+
+
+def quadrant_images(folder: Path, rows: int = 160, size: int = 32, seed: int = 0) -> Path:
+    """Dark images where each label present lights up its quadrant: learnable from pixels."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True)
+    files, labels = [], []
+    half = size // 2
+    corners = {"top_left": (0, 0), "top_right": (0, half), "bottom_left": (half, 0), "bottom_right": (half, half)}
+    for i in range(rows):
+        pixels = rng.integers(0, 60, (size, size)).astype(np.uint8)
+        chosen = [q for q in QUADRANTS if rng.random() < 0.4]
+        for name in chosen:
+            y, x = corners[name]
+            pixels[y:y + half, x:x + half] += 150
+        Image.fromarray(pixels, mode="L").save(folder / "images" / f"{i}.png")
+        files.append(f"images/{i}.png")
+        labels.append("|".join(chosen))
+    pd.DataFrame({"file": files, "labels": labels}).to_csv(folder / "findings.csv", index=False)
+    return folder / "findings.csv"
+
+
+def test_an_image_table_reads_label_sets_and_files(tmp_path):
+    from lokal.data.multilabel import MultiLabelFilesDataModule
+
+    data = MultiLabelFilesDataModule(str(quadrant_images(tmp_path)), cache=False)
+    assert data.class_names == sorted(QUADRANTS)
+    assert sum(len(data.labels(s)) for s in ("train", "val", "test")) == 160
+    row = data.files_by_split["test"].iloc[0]
+    assert (tmp_path / row["_id"]).is_file() and row["_label"] == "|".join(
+        n for n, on in zip(data.class_names, data.labels("test")[0], strict=True) if on)
+
+
+@pytest.mark.integration
+def test_a_multilabel_image_run_beats_the_majority(tmp_path):
+    table = quadrant_images(tmp_path / "data", rows=200)
+    run = tmp_path / "run"
+    done = run_train(["data=multilabel_files", f"data.path={table}", "method=full", "method.lr=3e-3",
+                      "trainer.max_epochs=4", "trainer.enable_progress_bar=false", "evaluation.plots=false",
+                      "data.batch_size=16", "model.image_size=64",
+                      f"hydra.run.dir={run}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test/f1_micro"] > metrics["baseline/majority_f1_micro"] + 0.2
+    assert (run / "thresholds.json").is_file()

@@ -1,4 +1,4 @@
-"""A table of texts with several labels each, as a LightningDataModule (the multi_label task).
+"""Tables with several labels per example (the multi_label task): texts, or image files.
 
 Labels come either from one column holding a set per row (`telco|complaint`; the separator is
 found among | ; , or set with `label_separator`; an empty cell is an example with no label), or
@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from lokal.data.base import SplitDataModule, make_records
 from lokal.data.cache import cache_folder
+from lokal.data.image import LabelledFilesDataModule
 from lokal.data.resumable import global_batch_size, resumable_loader
 from lokal.data.splits import given_splits, multilabel_split_rows
 from lokal.data.tables import fold_text, read_table, require_columns
@@ -173,3 +174,58 @@ def indicator_targets(frame: pd.DataFrame, columns: list[str], where: str) -> np
             raise LokalError(f"{where}: column {column!r} (data.label_columns) must hold 0 or 1, but {rows} hold "
                              f"{frame[column][bad].head(3).tolist()}")
     return numeric.to_numpy(dtype=np.int64)
+
+
+class MultiLabelFilesDataModule(LabelledFilesDataModule):
+    """A table of image files with several labels each: a file column (paths relative to `root`,
+    by default the table's folder) and a column of label sets or one 0/1 column per label. The
+    file checks, transforms, cache and loaders are the single-label image modules'."""
+
+    task = "multi_label"
+
+    def __init__(self, path: str | None, file_column: str = "file", label_column: str | None = "labels",
+                 label_columns: list[str] | None = None, label_separator: str | None = None,
+                 labels: list[str] | None = None, root: str | None = None, table: str | None = None,
+                 encoding: str = "utf-8", split_column: str | None = None, bad_files: str = "fail",
+                 augment: dict | None = None, val_fraction: float = 0.15, test_fraction: float = 0.2, folds: int = 0,
+                 fold: int = 0, seed: int = 42, batch_size: int = 32, num_workers: int = 0, pin_memory: bool = False,
+                 cache: bool = True, cache_dir: str | None = None) -> None:
+        from pathlib import Path
+
+        from lokal.data.files import resolve, table_modality
+        from lokal.data.tables import require_values
+
+        super().__init__(augment, False, None, bad_files, folds, fold, val_fraction, test_fraction, seed,
+                         batch_size, num_workers, pin_memory, cache=cache, cache_dir=cache_dir)
+        frame = read_table(path, table, encoding)
+        columns = {"file_column": file_column} | ({"split_column": split_column} if split_column else {})
+        columns |= ({f"label_columns[{i}]": c for i, c in enumerate(label_columns)} if label_columns
+                    else {"label_column": label_column})
+        require_columns(frame, columns, path)
+        frame = frame.assign(_row=range(len(frame)))
+        require_values(frame, {"file_column": file_column}, path)
+        frame["_id"] = frame[file_column].astype(str).str.strip()
+        frame["path"] = [str(resolve(Path(root) if root else Path(path).parent, f)) for f in frame["_id"]]
+        if table_modality(frame, file_column, str(path)) != "image":
+            raise LokalError(f"{path}: multi-label tables read images so far; for audio labels use data=file_table")
+        self.path, self.split_column = path, split_column
+        self.label_options = (label_column, label_columns, label_separator, labels)
+        self._prepare(frame, str(path))
+
+    def _prepare(self, frame: pd.DataFrame, where: str) -> None:
+        """Check the files, read the label sets, split by iterative stratification."""
+        frame = self._check_files(frame, where).reset_index(drop=True)
+        self.class_names, targets = label_targets(frame, *self.label_options, where)
+        given = given_splits(frame[self.split_column], self.split_column, where) if self.split_column else None
+        index = multilabel_split_rows(targets, self.class_names, self.val_fraction, self.test_fraction, self.seed,
+                                      where, given, self.folds, self.fold)
+        self.targets = {name: targets[rows] for name, rows in index.items()}
+        vectors = [torch.as_tensor(row, dtype=torch.float32) for row in targets]  # (L,) each: batches stack to (B, L)
+        labels = ["|".join(n for n, on in zip(self.class_names, row, strict=True) if on) for row in targets]
+        frame = frame.assign(_y=vectors, _label=labels)
+        self.files_by_split = {name: frame.iloc[rows] for name, rows in index.items()}
+        self._use_parts(self.files_by_split)
+
+    def labels(self, split: str) -> np.ndarray:
+        """(N, L) 0/1 targets of a split, in row order."""
+        return self.targets[split]

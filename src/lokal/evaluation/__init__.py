@@ -46,15 +46,17 @@ def evaluation_settings(cfg) -> Evaluation:
     return instantiate(node) if node is not None else Evaluation()
 
 
-def best_checkpoint_scores(trainer, module, datamodule) -> dict:
+def best_checkpoint_scores(trainer, module, datamodule, losses: bool = True) -> dict:
     """Validation and test once each, with the best checkpoint (by the configured monitor; the last
-    weights when there is none), plus size, memory, length of training and the data counts."""
+    weights when there is none), plus size, memory, length of training and the data counts.
+    `losses=False` leaves out val/loss and test/loss (classifiers report metrics, not losses)."""
     from lokal.training.system import peak_memory_mb
 
     best = "best" if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
     val = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
     test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
-    metrics = {**val, **test} | parameter_counts(module.model) | peak_memory_mb()
+    scores = {k: v for k, v in {**val, **test}.items() if losses or not k.endswith("/loss")}
+    metrics = scores | parameter_counts(module.model) | peak_memory_mb()
     metrics |= {"epochs": trainer.current_epoch, "steps": trainer.global_step}
     return metrics | {f"data/{k}": v for k, v in datamodule.stats.items()}
 

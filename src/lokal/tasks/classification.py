@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from lokal.errors import LokalError
-from lokal.training.module import FinetuneModule
+from lokal.training.module import ScoredModule
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def classification_metrics(num_classes: int, prefix: str):
 
 
 
-class ClassifierModule(FinetuneModule):
+class ClassifierModule(ScoredModule):
     """Classification: a model with a task head, a loss, torchmetrics."""
 
     def __init__(
@@ -70,18 +70,9 @@ class ClassifierModule(FinetuneModule):
                  sync_dist=True)
         self.val_metrics.update(logits.softmax(-1), batch["label"])
 
-    def on_validation_epoch_end(self) -> None:
-        # torchmetrics' compute() already gathered every process's predictions: sync_dist only
-        # tells Lightning so (the mean of equal values), under DDP
-        self.log_dict(self.val_metrics.compute(), prog_bar=True, sync_dist=True)
-        self.val_metrics.reset()
-
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self.test_metrics.update(self(batch).float().softmax(-1), batch["label"])
 
-    def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute(), sync_dist=True)
-        self.test_metrics.reset()
 
 
 @dataclass
@@ -116,7 +107,7 @@ class Classification:
     def evaluate(self, trainer, module, data) -> dict:
         from lokal.evaluation import best_checkpoint_scores
 
-        return {k: v for k, v in best_checkpoint_scores(trainer, module, data).items() if not k.endswith("/loss")}
+        return best_checkpoint_scores(trainer, module, data, losses=False)
 
     def write_outputs(self, trainer, module, data, metrics: dict, run_dir: Path) -> dict:
         from lokal.training.wandb import log_run_to_wandb

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from lokal.errors import LokalError
-from lokal.training.module import FinetuneModule
+from lokal.training.module import ScoredModule
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def multilabel_metrics(num_labels: int, prefix: str):
     }, prefix=prefix)
 
 
-class MultiLabelModule(FinetuneModule):
+class MultiLabelModule(ScoredModule):
     """A model with one logit per label, a per-label binary loss, torchmetrics."""
 
     def __init__(self, model: nn.Module, num_labels: int, optimizer: Callable, scheduler: Callable | None = None,
@@ -56,16 +56,9 @@ class MultiLabelModule(FinetuneModule):
                  batch_size=len(logits), sync_dist=True)
         self.val_metrics.update(logits.sigmoid(), target.long())
 
-    def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute(), prog_bar=True, sync_dist=True)
-        self.val_metrics.reset()
-
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self.test_metrics.update(self(batch).float().sigmoid(), batch["label"].long())
 
-    def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute(), sync_dist=True)
-        self.test_metrics.reset()
 
 
 @dataclass
@@ -105,7 +98,7 @@ class MultiLabel:
     def evaluate(self, trainer, module, data) -> dict:
         from lokal.evaluation import best_checkpoint_scores
 
-        return {k: v for k, v in best_checkpoint_scores(trainer, module, data).items() if not k.endswith("/loss")}
+        return best_checkpoint_scores(trainer, module, data, losses=False)
 
     def write_outputs(self, trainer, module, data, metrics: dict, run_dir: Path) -> dict:
         """Weights, thresholds.json (chosen on validation), predictions.csv, test metrics at those

@@ -78,3 +78,18 @@ class FinetuneModule(L.LightningModule):
         frozen = {f"{kwargs.get('prefix', '')}{n}" for n, p in self.named_parameters(remove_duplicate=False)
                   if not p.requires_grad}
         return type(state)((k, v) for k, v in state.items() if k not in frozen)
+
+
+class ScoredModule(FinetuneModule):
+    """A module whose scores are torchmetrics collections (`val_metrics`, `test_metrics`, built
+    by the task's module), logged once per epoch."""
+
+    def on_validation_epoch_end(self) -> None:
+        # torchmetrics' compute() already gathered every process's predictions: sync_dist only
+        # tells Lightning so (the mean of equal values), under DDP
+        self.log_dict(self.val_metrics.compute(), prog_bar=True, sync_dist=True)
+        self.val_metrics.reset()
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute(), sync_dist=True)
+        self.test_metrics.reset()

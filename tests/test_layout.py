@@ -63,3 +63,17 @@ def test_run_configs_written_before_the_layout_load(tmp_path):
     for target in (cfg.logger.csv, cfg.callbacks.requeue, cfg.callbacks.last, cfg.data):
         get_class(target._target_)
     assert cfg.loss._target_ == "lokal.training.losses.cross_entropy"
+
+
+def test_every_shipped_model_is_a_lokal_model():
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    from lokal.models import LokalModel
+    from lokal.paths import CONFIG_DIR
+
+    for file in sorted((CONFIG_DIR / "model").glob("*.yaml")):
+        model_class = get_class(OmegaConf.load(file)._target_)
+        assert issubclass(model_class, LokalModel), file.name
+        assert model_class.modality in ("text", "image", "audio") and model_class.task in model_class.tasks
+        assert set(model_class.tasks) <= set(TASKS), file.name

@@ -47,7 +47,7 @@ def from_config(overrides: list[str]) -> Source:
     register_resolver()
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose("train", overrides=overrides)
     except HydraException as err:  # unknown data=NAME or a malformed override: Hydra lists the choices
         raise LokalError(f"{err}") from err

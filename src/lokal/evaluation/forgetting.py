@@ -173,7 +173,7 @@ def measure(model: nn.Module, inputs: list, batch_size: int, device: torch.devic
 def text_features(model: nn.Module, texts: list[str], batch_size: int, device: torch.device) -> Features:
     """Mean over non-pad tokens of the last hidden state (final) and of every layer's output
     (blocks); for causal LMs also the next-token loss over the same tokens."""
-    causal = getattr(model, "task", "classification") == "causal_lm"
+    causal = model.task == "causal_lm"
     if causal:  # logits are (B, T, vocab): Gemma's 262k vocabulary at 16 x 64 tokens is 1 GB in float32
         batch_size = max(1, batch_size // 4)
     parts: list[list[torch.Tensor]] = []

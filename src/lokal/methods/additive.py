@@ -51,19 +51,19 @@ class Additive(Method):
         targets, feedforward = self.target_modules, self.feedforward_modules
         model_type = getattr(getattr(model.net, "config", None), "model_type", None)
         if targets is None and model_type not in PEFT_DEFAULTS:  # timm, or a type PEFT does not know
-            targets = list(getattr(model, "ia3_targets", model.lora_targets))
-            feedforward = list(feedforward or getattr(model, "ia3_feedforward", []))
+            targets = list(model.ia3_targets)
+            feedforward = list(feedforward or model.ia3_feedforward)
         if targets is not None:
             from lokal.methods.lora import LoRA
 
             LoRA._check_targets(model.net, targets, model.name)
         config = IA3Config(target_modules=targets, feedforward_modules=feedforward,
-                           modules_to_save=model.head_names, task_type=getattr(model, "peft_task_type", None))
+                           modules_to_save=model.head_names, task_type=model.peft_task_type)
         model.net = get_peft_model(model.net, config, adapter_name=self.adapter_name)
         return model
 
     def _side(self, model: nn.Module) -> nn.Module:
-        if getattr(model, "task", "classification") != "classification":
+        if model.task != "classification":
             raise LokalError(f"method.kind=side adds class logits, but {model.name} is a {model.task} model; "
                              "use method.kind=ia3, or method=lora / prompt / adapter")
         blocks = [model.net.get_submodule(b) for b in model.blocks()]

@@ -74,7 +74,7 @@ class Prompt(Method):
     def _apply_text(self, model: nn.Module, kind: str) -> nn.Module:
         from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
 
-        common = dict(task_type=getattr(model, "peft_task_type", "SEQ_CLS"), num_virtual_tokens=self.num_tokens,
+        common = dict(task_type=model.peft_task_type or "SEQ_CLS", num_virtual_tokens=self.num_tokens,
                       modules_to_save=list(model.head_names) or None)  # the new head trains and is saved
         config = {
             "prompt_tuning": lambda: PromptTuningConfig(**common),  # random init: no tokenizer text needed
@@ -91,7 +91,7 @@ def ready_for_prompts(model: nn.Module) -> nn.Module:
     comes first, so a decoder classifier (which reads the last position once PEFT passes
     inputs_embeds) and generation both need the text to end at the last position."""
     patch_peft_for_transformers_cache()
-    if is_causal(model.net) and getattr(model, "tokenizer", None) is not None:
+    if is_causal(model.net) and model.tokenizer is not None:
         model.tokenizer.padding_side = "left"
     return model
 
@@ -101,7 +101,7 @@ def is_causal(net: nn.Module) -> bool:
 
 
 def input_size(model: nn.Module) -> tuple[int, int, int]:
-    config = getattr(model, "data_config", None) or model.net.pretrained_cfg
+    config = model.data_config or model.net.pretrained_cfg
     return tuple(config["input_size"])
 
 

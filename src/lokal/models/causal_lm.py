@@ -4,17 +4,17 @@ instruction fine-tuning: the pretrained LM head stays, no new head is added."""
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from lokal.errors import LokalError
+from lokal.models import LokalModel
 from lokal.models.text import TextClassifier, load_pretrained
 
 
-class CausalLM(nn.Module):
+class CausalLM(LokalModel):
     """`AutoModelForCausalLM` over any hub name, local folder or `.gguf` file."""
 
     modality = "text"
-    task = "causal_lm"
+    task, tasks = "causal_lm", ("causal_lm",)
     peft_task_type = "CAUSAL_LM"
 
     def __init__(

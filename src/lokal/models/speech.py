@@ -11,12 +11,13 @@ import torch
 from torch import nn
 
 from lokal.errors import LokalError
+from lokal.models import LokalModel
 from lokal.models.text import explain_load_errors, quiet_transformers
 
 TASKS = ("transcribe", "translate")
 
 
-class WhisperASR(nn.Module):
+class WhisperASR(LokalModel):
     """`WhisperForConditionalGeneration` over a hub name (openai/whisper-small) or a local folder.
 
     `language` (e.g. "id", "indonesian") and `whisper_task` pick the decoder's prefix tokens,
@@ -24,7 +25,7 @@ class WhisperASR(nn.Module):
     """
 
     modality = "audio"
-    task = "speech_recognition"
+    task, tasks = "speech_recognition", ("speech_recognition",)
     peft_task_type = None  # PEFT's generic model: Whisper's forward takes input_features, not input_ids
     # (IA)^3's own choice for encoder-decoders (Liu et al. 2022; PEFT's T5 default): keys, values and
     # the feed-forward input; PEFT has no Whisper default
@@ -85,14 +86,13 @@ class WhisperASR(nn.Module):
         return [text.strip() for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
 
-class WhisperAudioClassifier(nn.Module):
+class WhisperAudioClassifier(LokalModel):
     """`WhisperForAudioClassification`: the pretrained encoder, mean-pooled over the positions that
     hold the clip (given its frame mask), under a new head (`projector` + `classifier`); the
     decoder is not loaded."""
 
     modality = "audio"
-    task = "classification"
-    tasks = ("classification", "multi_label")  # one logit per class, or per label
+    task, tasks = "classification", ("classification", "multi_label")  # one logit per class, or per label
     ia3_targets, ia3_feedforward = WhisperASR.ia3_targets, WhisperASR.ia3_feedforward
 
     def __init__(

@@ -11,15 +11,15 @@ from torch import nn
 
 from lokal.errors import LokalError
 from lokal.io import write_folder_atomically
+from lokal.models import LokalModel
 from lokal.paths import CACHE_DIR
 
 
-class TextClassifier(nn.Module):
+class TextClassifier(LokalModel):
     """`AutoModelForSequenceClassification` over any hub name, local folder or `.gguf` file."""
 
     modality = "text"
-    task = "classification"
-    tasks = ("classification", "multi_label")  # one logit per class, or per label
+    task, tasks = "classification", ("classification", "multi_label")  # one logit per class, or per label
 
     def __init__(
         self,

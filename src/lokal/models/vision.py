@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from lokal.errors import LokalError
+from lokal.models import LokalModel
 
 
-class ImageClassifier(nn.Module):
+class ImageClassifier(LokalModel):
     """Any timm architecture with a fresh `num_classes` head.
 
     Weights come from `checkpoint` (a local file, e.g. the shipped EfficientNet-Lite0),
@@ -18,8 +18,7 @@ class ImageClassifier(nn.Module):
     """
 
     modality = "image"
-    task = "classification"
-    tasks = ("classification", "multi_label")  # one logit per class, or per label
+    task, tasks = "classification", ("classification", "multi_label")  # one logit per class, or per label
 
     def __init__(
         self,

@@ -85,7 +85,7 @@ def from_run(run_dir: Path) -> Predictor:
         raise LokalError(f"{run_dir} is an audio run: `lokal predict` reads texts and images only so far. Its "
                          "test split was scored at the end of training (transcripts.csv or predictions.csv); for "
                          "new recordings, load it with lokal.load_run and call model.transcribe / model(batch)")
-    if getattr(model_class, "task", "classification") != "classification":
+    if model_class.task != "classification":
         raise LokalError(f"{run_dir} is a {model_class.task} run: `lokal predict` runs classifiers; chat with a "
                          "language model's adapter through transformers (see `lokal export`)")
     class_names = run_classes(run_dir, cfg)

@@ -63,5 +63,5 @@ def task_of(obj) -> str:
 
 
 def tasks_of(model_class) -> tuple[str, ...]:
-    """The tasks a model class serves: its `tasks`, else its one `task`."""
-    return tuple(getattr(model_class, "tasks", (task_of(model_class),)))
+    """The tasks a model class (a lokal.models.LokalModel) serves."""
+    return tuple(model_class.tasks)

@@ -253,7 +253,7 @@ def randaugment_specs() -> list[str]:
     from tests.conftest import CONF
 
     configs = [OmegaConf.load(path) for path in sorted((CONF / "data").glob("*.yaml"))]
-    return sorted({c.augment.auto_augment for c in configs if "auto_augment" in (c.get("augment") or {})})
+    return sorted({c.augment.auto_augment for c in configs if (c.get("augment") or {}).get("auto_augment")})
 
 
 @pytest.mark.parametrize("spec", randaugment_specs())

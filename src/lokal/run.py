@@ -51,6 +51,7 @@ def train_run(cfg: DictConfig) -> dict:
 
     from lokal.evaluation import evaluation_settings
     from lokal.training.system import tune_malloc
+
     if logging.getLogger().handlers:  # Hydra already logs to the console and train.log:
         logging.getLogger("lightning").handlers.clear()  # drop lightning's own copy of each line
     run_dir = Path(cfg.paths.run_dir)

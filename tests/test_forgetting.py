@@ -116,10 +116,17 @@ def perturb(model, scale: float) -> None:
 
 
 @pytest.fixture
-def make(tiny_text_models):
+def make(tiny_text_models, tiny_whisper):
     def build(backbone: str):
+        from lokal.models.speech import WhisperASR, WhisperAudioClassifier
+
+        torch.manual_seed(0)
         if backbone in ("bert", "llama"):
             return text_model(tiny_text_models[backbone])
+        if backbone == "whisper":  # the reference: general Indonesian sentences read by espeak-ng
+            return WhisperASR(str(tiny_whisper))
+        if backbone == "whisper_classifier":
+            return WhisperAudioClassifier(str(tiny_whisper), num_classes=2)
         return image_model({"cnn": "test_efficientnet", "vit": "test_vit"}[backbone])
     return build
 
@@ -128,7 +135,7 @@ def ckas(report: dict) -> list[float]:
     return [v for k, v in report.items() if k.startswith("forgetting/cka")]
 
 
-@pytest.mark.parametrize("backbone", ["bert", "llama", "cnn", "vit"])
+@pytest.mark.parametrize("backbone", ["bert", "llama", "cnn", "vit", "whisper", "whisper_classifier"])
 def test_unchanged_model_reports_one_on_the_shipped_reference(make, backbone):
     model = make(backbone)
     report = forgetting_report(base_copy(model), model, limit=32)
@@ -137,7 +144,7 @@ def test_unchanged_model_reports_one_on_the_shipped_reference(make, backbone):
     assert all(value == pytest.approx(1.0, abs=1e-6) for value in ckas(report))
 
 
-@pytest.mark.parametrize("backbone", ["bert", "cnn"])
+@pytest.mark.parametrize("backbone", ["bert", "cnn", "whisper"])
 def test_weight_perturbation_lowers_cka_in_order(make, backbone):
     base = make(backbone)
     values = []

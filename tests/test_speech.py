@@ -173,13 +173,14 @@ def test_train_py_runs_end_to_end_and_the_adapter_loads_back(run_dir, tiny_whisp
 
     cfg = compose(FAST + ["data=speech_table", f"data.path={short_table}", f"model.name={tiny_whisper}",
                           "method.lr=3e-2", "trainer.max_epochs=3", "data.batch_size=4", "model.max_new_tokens=8",
-                          "data.augment={snr_db: [20, 30]}"], run_dir)
+                          "data.augment={snr_db: [20, 30]}", "evaluation.forgetting=true"], run_dir)
     assert cfg.callbacks.model_checkpoint.monitor == "val/wer"
     metrics = train(cfg)
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved == pytest.approx(metrics)
     assert {"base/test_wer", "base/test_cer", "test/wer", "test/cer", "val/wer", "val/cer", "test/loss",
             "trainable_params", "train_time_s", "peak_memory_mb"} <= saved.keys()
+    assert 0 < saved["forgetting/cka"] <= 1 + 1e-6  # measured for speech too (LoRA: its adapters disabled)
     rows = pd.read_csv(run_dir / "transcripts.csv", keep_default_na=False)
     assert list(rows.columns) == ["file", "reference", "before", "after"] and len(rows) == 4
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()

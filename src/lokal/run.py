@@ -85,7 +85,7 @@ def forgetting_base(model, settings):
         return None
     from lokal.evaluation.forgetting import base_copy, check_supported
 
-    check_supported(model)
+    check_supported(model, settings.forgetting_reference)
     return base_copy(model)
 
 

@@ -56,12 +56,13 @@ def centre(features: torch.Tensor) -> torch.Tensor:
     return features - features.mean(0, keepdim=True)
 
 
-def check_supported(model: nn.Module) -> None:
-    """Before training: the meter has general references for text and image models only."""
-    if model.modality not in ("text", "image"):
-        raise LokalError(f"evaluation.forgetting=true: the forgetting meter reads text and image models; "
-                         f"{model.name} reads {model.modality} (no general {model.modality} reference ships yet). "
-                         "Set evaluation.forgetting=false")
+def check_supported(model: nn.Module, reference=None) -> None:
+    """Before training: the default reference for audio models is synthesised by espeak-ng, so
+    a machine without it learns so now, not after training."""
+    if model.modality == "audio" and reference is None:
+        from lokal.assets.general_speech import general_speech
+
+        general_speech()
 
 
 def base_copy(model: nn.Module) -> nn.Module | None:
@@ -165,6 +166,8 @@ def measure(model: nn.Module, inputs: list, batch_size: int, device: torch.devic
     try:
         if model.modality == "text":
             return text_features(model, inputs, batch_size, device)
+        if model.modality == "audio":
+            return audio_features(model, inputs, batch_size, device)
         return image_features(model, inputs, batch_size, device)
     finally:
         net.train(was_training).to(home)
@@ -233,6 +236,42 @@ def image_features(model: nn.Module, images: list, batch_size: int, device: torc
     return Features(final=torch.cat(captured["final"]), blocks=[torch.cat(captured[name]) for name in names])
 
 
+def audio_features(model: nn.Module, waves: list, batch_size: int, device: torch.device) -> Features:
+    """Whisper's encoder on the reference recordings: its output and each layer's, averaged over
+    the positions that hold audio (the rest of the window is padding). The encoder runs as the
+    model would run it (LoRA layers, an input prompt's hook), read with hooks."""
+    encoder = model.encoder()
+    captured: list[torch.Tensor] = []
+    hooks = [layer.register_forward_hook(lambda _m, _a, out: captured.append(pool_later(out)))
+             for layer in encoder.layers]
+    final, blocks = [], [[] for _ in encoder.layers]
+    dtype = next(encoder.parameters()).dtype
+    try:
+        for start in range(0, len(waves), batch_size):
+            features = model.feature_extractor(waves[start:start + batch_size], sampling_rate=16000,
+                                               return_tensors="pt", return_attention_mask=True)
+            out = encoder(features.input_features.to(device, dtype)).last_hidden_state  # (B, T, C)
+            mask = frame_mask(features.attention_mask, out.shape[1]).to(device)
+            final.append(masked_mean(out.float(), mask).cpu())
+            for i, hidden in enumerate(captured):
+                blocks[i].append(masked_mean(hidden, mask).cpu())
+            captured.clear()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return Features(final=torch.cat(final), blocks=[torch.cat(b) for b in blocks])
+
+
+def pool_later(output) -> torch.Tensor:
+    return (output[0] if isinstance(output, tuple | list) else output).detach().float()
+
+
+def frame_mask(mel_mask: torch.Tensor, positions: int) -> torch.Tensor:
+    """(B, positions) 1 where the encoder position holds audio: the encoder halves the mel frames."""
+    lengths = ((mel_mask.sum(1) + 1) // 2).clamp(1, positions)
+    return (torch.arange(positions).unsqueeze(0) < lengths.unsqueeze(1)).long()
+
+
 def image_blocks(model: nn.Module) -> list[str]:
     try:
         return model.blocks()
@@ -261,7 +300,8 @@ def reference_inputs(reference, modality: str, limit: int = 256) -> list:
     for images), a list of examples, or a path: a .txt file (one text a line), a table with a
     `text` column, or a folder of images (searched recursively). Sets over `limit` are sampled."""
     if reference is None:
-        inputs = read_lines(GENERAL_TEXTS) if modality == "text" else sample_crops(limit)
+        inputs = {"text": lambda: read_lines(GENERAL_TEXTS), "image": lambda: sample_crops(limit),
+                  "audio": lambda: read_recordings(general_speech_folder(), limit)}[modality]()
     elif isinstance(reference, Sequence) and not isinstance(reference, str):
         inputs = list(reference)
     else:
@@ -285,6 +325,11 @@ def read_reference(path: Path, modality: str, limit: int) -> list:
     where = f"evaluation.forgetting_reference={path}"
     if not path.exists():
         raise LokalError(f"{where} does not exist: {REFERENCE_HELP}")
+    if modality == "audio":
+        if not path.is_dir():
+            raise LokalError(f"{where}: the model reads audio, so give a folder of recordings (or null for the "
+                             "default, general sentences read by espeak-ng)")
+        return read_recordings(path, limit)
     if modality == "image":
         if not path.is_dir():
             raise LokalError(f"{where}: the model reads images, so give a folder of images (or null for the default)")
@@ -294,6 +339,21 @@ def read_reference(path: Path, modality: str, limit: int) -> list:
         raise LokalError(f"{where} is a folder, but the model reads text: give a .txt file (one text a line) "
                          "or a table with a `text` column")
     return read_lines(path) if path.suffix.lower() == ".txt" else read_text_column(path)
+
+
+def general_speech_folder() -> Path:
+    from lokal.assets.general_speech import general_speech
+
+    return general_speech()
+
+
+def read_recordings(folder: Path, limit: int) -> list:
+    """Recordings in a folder (searched recursively) as 16 kHz mono waveforms, sampled first."""
+    from lokal.data.audio import load_audio
+    from lokal.data.checks import AUDIO_EXTENSIONS
+
+    files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS)
+    return [load_audio(f) for f in sample(files, limit)]
 
 
 def read_lines(path: Path) -> list[str]:

@@ -66,6 +66,11 @@ class WhisperASR(LokalModel):
         return ([f"model.encoder.layers.{i}" for i in range(len(encoder))]
                 + [f"model.decoder.layers.{i}" for i in range(len(decoder))])
 
+    def encoder(self) -> nn.Module:
+        """The audio encoder as training runs it (inside a PEFT wrapper, with its LoRA layers)."""
+        base = self.net.get_base_model() if hasattr(self.net, "get_base_model") else self.net
+        return base.model.encoder
+
     @property
     def max_label_tokens(self) -> int:
         """The decoder's positions: a transcript longer than this cannot be trained on."""
@@ -146,8 +151,12 @@ class WhisperAudioClassifier(LokalModel):
         return ["projector", "classifier"]
 
     def blocks(self) -> list[str]:
+        return [f"encoder.layers.{i}" for i in range(len(self.encoder().layers))]
+
+    def encoder(self) -> nn.Module:
+        """The audio encoder as training runs it (inside a PEFT wrapper, with its LoRA layers)."""
         base = self.net.get_base_model() if hasattr(self.net, "get_base_model") else self.net
-        return [f"encoder.layers.{i}" for i in range(len(base.encoder.layers))]
+        return base.encoder
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Class logits (B, classes). With the feature extractor's frame mask (`attention_mask`,

@@ -1,0 +1,41 @@
+"""General speech for the forgetting meter of audio models: lokal's general Indonesian sentences
+(assets/general_id.txt, also the text models' reference) read by espeak-ng (Debian's
+`espeak-ng`; what it speaks is free to use), built once into the cache. Synthetic speech is far
+from a user's recordings on purpose: a reference must lie outside the task's own data."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from lokal.errors import LokalError
+from lokal.io import write_folder_atomically
+from lokal.paths import ASSETS_DIR, CACHE_DIR
+
+FOLDER = "general-speech-id"
+INSTALL = ("install espeak-ng (sudo apt-get install espeak-ng) for the default reference, or set "
+           "evaluation.forgetting_reference=DIR to a folder of recordings (wav, flac, mp3...) of general speech")
+
+
+def general_speech() -> Path:
+    """A folder of wav files, one per sentence of general_id.txt; `complete` marks it whole."""
+    folder = CACHE_DIR / FOLDER
+    if not (folder / "complete").is_file():
+        shutil.rmtree(folder, ignore_errors=True)  # left incomplete by an older build
+        write_folder_atomically(folder, synthesize)
+    return folder
+
+
+def synthesize(folder: Path) -> None:
+    if shutil.which("espeak-ng") is None:
+        raise LokalError(f"evaluation.forgetting on an audio model needs general speech to compare on: {INSTALL}")
+    folder.mkdir(parents=True, exist_ok=True)
+    sentences = [line.strip() for line in (ASSETS_DIR / "general_id.txt").read_text("utf-8").splitlines()
+                 if line.strip()]
+    for i, sentence in enumerate(sentences):
+        done = subprocess.run(["espeak-ng", "-v", "id", "-w", str(folder / f"{i:03d}.wav"), sentence],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise LokalError(f"espeak-ng failed ({done.stderr.strip()[:200]}): {INSTALL}")
+    (folder / "complete").write_text(f"{len(sentences)}\n")

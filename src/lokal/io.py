@@ -41,6 +41,17 @@ def write_folder_atomically(target: Path, write: Callable[[Path], None]) -> Path
     return target
 
 
+def cached_folder(target: Path, complete: str, build: Callable[[Path], None]) -> Path:
+    """`target`, built by `build(tmp)` and published whole (write_folder_atomically) unless it
+    holds `complete`, a file every complete folder has. Published folders are whole; one without
+    it (left by an interrupted, non-atomic build of an older lokal) is replaced."""
+    target = Path(target)
+    if not (target / complete).exists():
+        shutil.rmtree(target, ignore_errors=True)
+        write_folder_atomically(target, build)
+    return target
+
+
 def check_writable(target: Path, what: str = "--out") -> Path:
     """Refuse, before any work, an output whose folder cannot be written (read-only, another
     user's). A real probe file, not os.access: root passes os.access on read-only mounts too."""
@@ -58,6 +69,11 @@ def check_writable(target: Path, what: str = "--out") -> Path:
         raise LokalError(f"{what} {target}: cannot write in {folder} ({err.strerror}); give a folder you can "
                          "write to") from None
     return target
+
+
+def read_lines(path: Path) -> list[str]:
+    """The non-blank lines of a UTF-8 text file, stripped."""
+    return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def write_text(target: Path, text: str) -> Path:

@@ -10,6 +10,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent
 CONFIG_DIR = PACKAGE / "conf"  # the shipped configs, inside the package: a wheel has them
 ASSETS_DIR = PACKAGE / "assets"  # small files lokal ships itself (instructions, slang, general texts)
+GENERAL_TEXTS = ASSETS_DIR / "general_id.txt"  # general Indonesian sentences: the forgetting meter's reference
 # Converted models and fetched recordings; LOKAL_CACHE moves it (CI points it at an empty folder).
 CACHE_DIR = Path(os.environ.get("LOKAL_CACHE", Path.home() / ".cache" / "lokal")).expanduser()
 

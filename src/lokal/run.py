@@ -83,9 +83,9 @@ def forgetting_base(model, settings):
     models without BatchNorm: their adapters disabled are the base)."""
     if not settings.forgetting:
         return None
-    from lokal.evaluation.forgetting import base_copy, check_supported
+    from lokal.evaluation.forgetting import base_copy, prepare_reference
 
-    check_supported(model, settings.forgetting_reference)
+    prepare_reference(model, settings.forgetting_reference)
     return base_copy(model)
 
 

@@ -36,14 +36,10 @@ def asterisk_sounds(cache: Path | None = None) -> Path:
     Built whole in a temporary sibling and published with one rename: a fresh cache folder is
     created on demand, a killed build leaves nothing half-made, and two processes building it
     at once both end with the folder the first one published."""
-    from lokal.io import write_folder_atomically
+    from lokal.io import cached_folder
     from lokal.paths import CACHE_DIR
 
-    folder = Path(cache or CACHE_DIR) / "asterisk-sounds-en"
-    if not (folder / "transcripts.tsv").exists():
-        shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder left by an older lokal
-        write_folder_atomically(folder, _build_asterisk_folder)
-    return folder
+    return cached_folder(Path(cache or CACHE_DIR) / "asterisk-sounds-en", "transcripts.tsv", _build_asterisk_folder)
 
 
 def _build_asterisk_folder(folder: Path) -> None:
@@ -51,8 +47,8 @@ def _build_asterisk_folder(folder: Path) -> None:
     root = _installed_root() or _download(folder)
     _link_or_move(root / SOUNDS, folder / "wav")
     rows = transcript_rows((root / TRANSCRIPTS).read_bytes(), folder / "wav")
-    (folder / "transcripts.tsv").write_text(_tsv(rows), encoding="utf-8")
     shutil.rmtree(folder / "deb", ignore_errors=True)
+    (folder / "transcripts.tsv").write_text(_tsv(rows), encoding="utf-8")  # last: the folder is complete
 
 
 def transcript_rows(gz: bytes, wav: Path) -> list[tuple[str, str]]:
@@ -85,9 +81,7 @@ def _installed_root() -> Path | None:
 
 def _download(folder: Path) -> Path:
     """Extract both packages under `folder/deb`; a LokalError saying how to install if that fails."""
-    root = folder / "deb"
-    folder.mkdir(parents=True, exist_ok=True)
-    hint = INSTALL_HINT
+    root, hint = folder / "deb", INSTALL_HINT
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         raise LokalError(f"the Asterisk recordings are not installed and apt-get/dpkg-deb are missing: {hint}")
     with tempfile.TemporaryDirectory(dir=folder) as tmp:

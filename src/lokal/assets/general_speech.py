@@ -10,8 +10,8 @@ import subprocess
 from pathlib import Path
 
 from lokal.errors import LokalError
-from lokal.io import write_folder_atomically
-from lokal.paths import ASSETS_DIR, CACHE_DIR
+from lokal.io import cached_folder, read_lines
+from lokal.paths import CACHE_DIR, GENERAL_TEXTS
 
 FOLDER = "general-speech-id"
 INSTALL = ("install espeak-ng (sudo apt-get install espeak-ng) for the default reference, or set "
@@ -20,19 +20,14 @@ INSTALL = ("install espeak-ng (sudo apt-get install espeak-ng) for the default r
 
 def general_speech() -> Path:
     """A folder of wav files, one per sentence of general_id.txt; `complete` marks it whole."""
-    folder = CACHE_DIR / FOLDER
-    if not (folder / "complete").is_file():
-        shutil.rmtree(folder, ignore_errors=True)  # left incomplete by an older build
-        write_folder_atomically(folder, synthesize)
-    return folder
+    return cached_folder(CACHE_DIR / FOLDER, "complete", synthesize)
 
 
 def synthesize(folder: Path) -> None:
     if shutil.which("espeak-ng") is None:
         raise LokalError(f"evaluation.forgetting on an audio model needs general speech to compare on: {INSTALL}")
     folder.mkdir(parents=True, exist_ok=True)
-    sentences = [line.strip() for line in (ASSETS_DIR / "general_id.txt").read_text("utf-8").splitlines()
-                 if line.strip()]
+    sentences = read_lines(GENERAL_TEXTS)
     for i, sentence in enumerate(sentences):
         done = subprocess.run(["espeak-ng", "-v", "id", "-w", str(folder / f"{i:03d}.wav"), sentence],
                               capture_output=True, text=True)

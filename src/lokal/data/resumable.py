@@ -122,3 +122,20 @@ class ResumableLoader(DataLoader):
 def resumable_loader(items: Sequence, sampler: Sampler, seed: int, batch_size: int, **kwargs) -> ResumableLoader:
     """The training loader every lokal data module uses: `sampler` must draw from its `generator`."""
     return ResumableLoader(SeededDataset(items), batch_size=batch_size, sampler=SeededSampler(sampler, seed), **kwargs)
+
+
+def length_grouped_loader(rows: list[dict], train: bool, seed: int, batch_size: int,
+                          sampler: Sampler | None = None, **kwargs) -> DataLoader:
+    """Token rows in batches of similar length: padding a 40-token batch to its one 128-token
+    text tripled the step time on the shipped corpus. Training order stays random across groups
+    (HF's LengthGroupedSampler), unless `sampler` is given (e.g. a balanced one: lengths then
+    mix); evaluation goes shortest first."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    lengths = [len(r["input_ids"]) for r in rows]
+    if not train:
+        return DataLoader(rows, sampler=sorted(range(len(rows)), key=lengths.__getitem__), batch_size=batch_size,
+                          **kwargs)
+    if sampler is None:
+        sampler = LengthGroupedSampler(global_batch_size(batch_size), lengths=lengths, generator=torch.Generator())
+    return resumable_loader(rows, sampler, seed, batch_size=batch_size, **kwargs)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 
 import pandas as pd
-import torch
 from torch.utils.data import DataLoader
 
 from lokal.data.augment import TextAugment, from_config
 from lokal.data.base import SplitDataModule, balanced_sampler, make_records, record_extras
 from lokal.data.cache import cache_folder
-from lokal.data.resumable import global_batch_size, resumable_loader
+from lokal.data.resumable import length_grouped_loader
 from lokal.data.splits import known_classes, split_rows
 from lokal.data.tables import LABEL, fold_text, map_labels, read_table, require_columns, tag_rows, wanted_columns
 from lokal.errors import LokalError
@@ -207,24 +206,12 @@ class TextDataModule(SplitDataModule):
                 for i, (row, text, y) in enumerate(zip(rows, texts, frame["_y"], strict=True))]
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        """Batches of similar length: padding a 40-token batch to its one 128-token text
-        tripled the step time on the shipped corpus. Training order stays random across
-        groups (HF's LengthGroupedSampler); evaluation goes shortest first. With `balance`,
-        training draws classes equally often instead (lengths then mix)."""
-        from transformers.trainer_pt_utils import LengthGroupedSampler
-
-        rows = self.datasets[split]
-        lengths = [len(r["input_ids"]) for r in rows]
-        settings = {"batch_size": self.batch_size, "num_workers": self.num_workers, "pin_memory": self.pin_memory,
-                    "collate_fn": self._collate(train)}
-        if not train:
-            return DataLoader(rows, sampler=sorted(range(len(rows)), key=lengths.__getitem__), **settings)
-        if self.balance:
-            sampler = balanced_sampler(self.labels(split), self.seed)
-        else:
-            sampler = LengthGroupedSampler(global_batch_size(self.batch_size), lengths=lengths,
-                                           generator=torch.Generator())
-        return resumable_loader(rows, sampler, self.seed, **settings)
+        """Batches of similar length (lokal.data.resumable.length_grouped_loader). With
+        `balance`, training draws classes equally often instead (lengths then mix)."""
+        sampler = balanced_sampler(self.labels(split), self.seed) if train and self.balance else None
+        return length_grouped_loader(self.datasets[split], train, self.seed, self.batch_size, sampler,
+                                     num_workers=self.num_workers, pin_memory=self.pin_memory,
+                                     collate_fn=self._collate(train))
 
     def _collate(self, train: bool):
         from lokal.data.augment import TextCollate

@@ -26,11 +26,11 @@ import torch
 from torch import nn
 
 from lokal.errors import LokalError
-from lokal.paths import ASSETS_DIR
+from lokal.io import read_lines
+from lokal.paths import GENERAL_TEXTS
 
 PREFIX = "forgetting/"
 MIN_EXAMPLES = 10  # CKA centres over examples: a handful says little; 100+ is better
-GENERAL_TEXTS = ASSETS_DIR / "general_id.txt"
 REFERENCE_HELP = ("give a .txt file (one text a line), a CSV/TSV/JSONL/Parquet table with a `text` column, "
                   "a folder of images, or null for the shipped default")
 
@@ -56,7 +56,7 @@ def centre(features: torch.Tensor) -> torch.Tensor:
     return features - features.mean(0, keepdim=True)
 
 
-def check_supported(model: nn.Module, reference=None) -> None:
+def prepare_reference(model: nn.Module, reference=None) -> None:
     """Before training: the default reference for audio models is synthesised by espeak-ng, so
     a machine without it learns so now, not after training."""
     if model.modality == "audio" and reference is None:
@@ -354,10 +354,6 @@ def read_recordings(folder: Path, limit: int) -> list:
 
     files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS)
     return [load_audio(f) for f in sample(files, limit)]
-
-
-def read_lines(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def read_text_column(path: Path) -> list[str]:

@@ -65,10 +65,9 @@ def multilabel_report(probs: np.ndarray, targets: np.ndarray, thresholds: np.nda
 def prediction_frame(probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarray,
                      names: list[str]) -> pd.DataFrame:
     """labels (true set), predicted (the set at the thresholds), exact (0/1), prob/<label>."""
-    def sets(rows: np.ndarray) -> list[str]:
-        return ["|".join(n for n, on in zip(names, row, strict=True) if on) for row in rows]
+    from lokal.data.multilabel import joined_label_sets
 
     predicted = probs >= thresholds
-    frame = pd.DataFrame({"labels": sets(targets.astype(bool)), "predicted": sets(predicted),
+    frame = pd.DataFrame({"labels": joined_label_sets(targets, names), "predicted": joined_label_sets(predicted, names),
                           "exact": (predicted == targets.astype(bool)).all(axis=1).astype(int)})
     return frame.join(pd.DataFrame(probs, columns=[f"prob/{n}" for n in names]))

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lokal.errors import LokalError
-from lokal.io import write_folder_atomically
+from lokal.io import cached_folder
 from lokal.models import LokalModel
 from lokal.paths import CACHE_DIR
 
@@ -114,9 +114,7 @@ def gguf_to_hf(gguf: Path) -> str:
     stat = gguf.stat()
     key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     target = CACHE_DIR / "gguf" / f"{gguf.stem}-{key}"
-    if not (target / "config.json").exists():  # built in a temporary folder, published with one rename
-        write_folder_atomically(target, lambda tmp: _convert_gguf(gguf, tmp))
-    return str(target)
+    return str(cached_folder(target, "config.json", lambda tmp: _convert_gguf(gguf, tmp)))
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:

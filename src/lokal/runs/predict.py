@@ -479,9 +479,9 @@ def to_frame(ids: list[str], probs, class_names: list[str], thresholds: list[flo
     kept = ~np.isnan(probs).any(axis=1)
     probs, ids = probs[kept], [i for i, k in zip(ids, kept, strict=True) if k]
     if thresholds is not None:
-        chosen = probs >= np.asarray(thresholds)
-        sets = ["|".join(n for n, on in zip(class_names, row, strict=True) if on) for row in chosen]
-        frame = pd.DataFrame({"id": ids, "predicted": sets})
+        from lokal.data.multilabel import joined_label_sets
+
+        frame = pd.DataFrame({"id": ids, "predicted": joined_label_sets(probs >= np.asarray(thresholds), class_names)})
         return pd.concat([frame, pd.DataFrame(probs, columns=[f"prob/{c}" for c in class_names])], axis=1)
     frame = pd.DataFrame({"id": ids, "predicted": [class_names[i] for i in probs.argmax(axis=1)],
                           "confidence": probs.max(axis=1) if len(probs) else []})

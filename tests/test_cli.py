@@ -80,6 +80,22 @@ def test_train_py_runs_end_to_end(tmp_path):
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
 
 
+LIBRARY_NOISE = ("Warning", "warnings.warn", "Tip:", "litlogger", "GPU available", "srun", "ModelCheckpoint")
+
+
+def test_the_default_console_holds_lokal_lines_only(tmp_path):
+    env = ENV | {"COLUMNS": "80"}
+    result = subprocess.run([sys.executable, "train.py", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+                             "trainer.limit_val_batches=2", f"hydra.run.dir={tmp_path}"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    console = result.stdout + result.stderr
+    assert [word for word in LIBRARY_NOISE if word in console] == []
+    bar = [line for line in console.splitlines() if line.startswith("Epoch 0/0")]
+    assert bar and all(len(line.rstrip()) <= 80 for line in bar)
+    assert "loss:" in bar[-1] and "val/accuracy:" in bar[-1]  # one line: the loss and the checkpoint's metric
+
+
 @pytest.mark.integration
 def test_a_multirun_writes_one_folder_per_run(tmp_path):
     from tests.conftest import make_image_folder

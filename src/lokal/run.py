@@ -50,12 +50,14 @@ def train_run(cfg: DictConfig) -> dict:
     from hydra.utils import instantiate
 
     from lokal.evaluation import evaluation_settings
+    from lokal.training.console import quiet_libraries
     from lokal.training.system import tune_malloc
 
     if logging.getLogger().handlers:  # Hydra already logs to the console and train.log:
         logging.getLogger("lightning").handlers.clear()  # drop lightning's own copy of each line
     run_dir = Path(cfg.paths.run_dir)
     tune_malloc()
+    quiet_libraries()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     method = instantiate(cfg.method)
     settings = evaluation_settings(cfg)  # before training: a misspelled evaluation key fails now

@@ -52,7 +52,8 @@ def best_checkpoint_scores(trainer, module, datamodule, losses: bool = True) -> 
     `losses=False` leaves out val/loss and test/loss (classifiers report metrics, not losses)."""
     from lokal.training.system import peak_memory_mb
 
-    best = "best" if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
+    best = best or None  # a path, not "best": Lightning warns that "best" is ambiguous with two checkpointers
     val = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
     test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
     scores = {k: v for k, v in {**val, **test}.items() if losses or not k.endswith("/loss")}

@@ -27,9 +27,20 @@ def make_trainer(cfg: DictConfig):
     return instantiate(
         cfg.trainer,
         logger=[instantiate(c, **wandb_resume(c, run_dir) if resuming else {}) for c in cfg.logger.values()],
-        callbacks=[instantiate(c) for c in cfg.callbacks.values()],
+        callbacks=with_progress_bar([instantiate(c) for c in cfg.callbacks.values()], cfg.trainer),
         plugins=trainer_plugins(cfg.trainer),
     )
+
+
+def with_progress_bar(callbacks: list, trainer_cfg: DictConfig) -> list:
+    """lokal's compact bar, unless the bar is off or the config names its own."""
+    from lightning.pytorch.callbacks import ProgressBar
+
+    from lokal.training.console import CompactProgressBar
+
+    if not trainer_cfg.get("enable_progress_bar", True) or any(isinstance(c, ProgressBar) for c in callbacks):
+        return callbacks
+    return [*callbacks, CompactProgressBar()]
 
 
 HYDRA_FLAGS = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn")

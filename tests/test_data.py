@@ -395,12 +395,13 @@ def test_split_column_kfold_and_groups_reach_the_text_module(tmp_path):
 
 
 def test_file_checks_are_remembered_until_a_file_changes(tmp_path, monkeypatch):
-    from lokal.data import image
+    from lokal.data import labelled_files
 
     root = make_image_folder(tmp_path / "d", per_class=4)
     ImageFolderDataModule(str(root), cache_dir=str(tmp_path / "cache"))
     decoded = []
-    monkeypatch.setattr(image, "_inspect", lambda path: decoded.append(path) or (image.check_file(path), None))
+    monkeypatch.setattr(labelled_files, "_inspect",
+                        lambda path: decoded.append(path) or (labelled_files.check_file(path), None))
     ImageFolderDataModule(str(root), cache_dir=str(tmp_path / "cache"))
     assert decoded == []
     (root / "train" / "NORMAL" / "normal_0.jpeg").write_bytes(b"")  # changed since: checked again, and caught

@@ -1,6 +1,6 @@
 """Labelled recordings (class folders, or a table of paths) for classification with Whisper's
-encoder: the checks, classes, splits, records and loaders are those of labelled images
-(`LabelledFilesDataModule`); `AudioFiles` supplies what audio changes: log-mel features from
+encoder: the checks, classes, splits, records and loaders are those of any labelled files
+(lokal.data.labelled_files); `AudioFiles` supplies what audio changes: log-mel features from
 the model's own feature extractor, waveform augmentation and SpecAugment in training only,
 and clips longer than the model's window split into chunks that keep the label (or skipped).
 """
@@ -8,7 +8,7 @@ and clips longer than the model's window split into chunks that keep the label (
 from __future__ import annotations
 
 import logging
-from dataclasses import fields
+from dataclasses import fields, replace
 from math import ceil
 from pathlib import Path
 
@@ -20,7 +20,8 @@ from torch.utils.data import Dataset
 from lokal.data.audio import SAMPLE_RATE, LengthPolicy, load_audio, split_chunks
 from lokal.data.audio_augment import AudioAugment, SpecAugment
 from lokal.data.checks import AUDIO_EXTENSIONS
-from lokal.data.image import ImageFolderDataModule
+from lokal.data.labelled_files import FolderDataModule
+from lokal.data.settings import LoaderSettings
 from lokal.errors import LokalError
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,8 @@ AUGMENT_EXAMPLE = "data.augment='{speeds: [0.9, 1.0, 1.1], shift_seconds: 0.1, s
 
 
 class AudioFiles:
-    """What labelled audio files need beyond labelled images: the feature extractor (from the
-    model), augmentation for training clips, and a length policy fitted to the model's window.
+    """What labelled audio files need: the feature extractor (from the model), augmentation for
+    training clips, and a length policy fitted to the model's window.
 
     Args:
         augment: `AudioAugment` options (speeds, shift_seconds, snr_db); None: none.
@@ -42,6 +43,8 @@ class AudioFiles:
         long_clips: split (each chunk keeps the clip's label: right for classification) or skip.
         max_seconds: the longest clip used whole; None: the model's window (30 s for Whisper).
     """
+
+    modality = "audio"
 
     def __init__(self, augment: dict | None, spec_augment: dict | None, long_clips: str = "split",
                  max_seconds: float | None = None) -> None:
@@ -68,7 +71,7 @@ class AudioFiles:
         self.augment = _options(AudioAugment, self.augment_options, "augment")
         self.spec_augment = _options(SpecAugment, self.spec_augment_options, "spec_augment")
 
-    def fit_lengths(self, parts: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    def fit(self, parts: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         """Rows per split after the length policy: a clip over the window becomes n rows (id
         `clip.wav#2of3`, `_chunk` 1) that stay in the clip's split, or none (skip); the
         policy names each clip, and the log says what happened."""
@@ -94,8 +97,9 @@ class AudioFiles:
                                 + rows["_chunks"][cut].astype(str))
         return rows.reset_index(drop=True)
 
-    def datasets(self, parts: dict[str, pd.DataFrame]) -> dict[str, AudioDataset]:
-        """One dataset per split; only the training split augments."""
+    def datasets(self, parts: dict[str, pd.DataFrame], classes: int = 0,
+                 cache_dir: Path | None = None) -> dict[str, AudioDataset]:
+        """One dataset per split (recordings are read per item, never cached); only training augments."""
         if self.feature_extractor is None:
             raise RuntimeError("call use_model(model) before setup: the log-mel features come from the model")
         max_samples = int(self.policy.max_seconds * SAMPLE_RATE)
@@ -104,6 +108,9 @@ class AudioFiles:
                                    self.augment if name == "train" else None,
                                    self.spec_augment if name == "train" else None)
                 for name, part in parts.items()}
+
+    def training_batch(self, batch: dict) -> dict:
+        return batch  # augmented per clip, in the dataset
 
 
 class AudioDataset(Dataset):
@@ -141,39 +148,19 @@ class AudioDataset(Dataset):
                 "label": int(label), "index": i}
 
 
-class AudioFolderDataModule(ImageFolderDataModule):
+class AudioFolderDataModule(FolderDataModule):
     """Recordings in class folders, split (DIR/train/CLASS/) or not (DIR/CLASS/), checked, split,
-    balanced and k-folded as an image folder is; features from the model's feature extractor."""
+    balanced and k-folded as any labelled files are; features from the model's feature extractor.
+    `augment`, `spec_augment`, `long_clips`, `max_seconds`: `AudioFiles`."""
 
-    modality = "audio"
     extensions, noun, layout_help = AUDIO_EXTENSIONS, "recordings", LAYOUT_HELP
+    settings = replace(FolderDataModule.settings, loader=LoaderSettings(batch_size=16))
 
-    def __init__(
-        self,
-        root: str | None,
-        augment: dict | None = None,
-        spec_augment: dict | None = None,
-        long_clips: str = "split",
-        max_seconds: float | None = None,
-        balance: bool = False,
-        classes: list[str] | None = None,
-        bad_files: str = "fail",
-        folds: int = 0,
-        fold: int = 0,
-        val_fraction: float = 0.15,
-        test_fraction: float = 0.2,
-        seed: int = 42,
-        batch_size: int = 16,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        cache: bool = True,
-        cache_dir: str | None = None,
-    ) -> None:
-        self.audio = AudioFiles(augment, spec_augment, long_clips, max_seconds)
-        super().__init__(root, augment=None, balance=balance, classes=classes, bad_files=bad_files, folds=folds,
-                         fold=fold, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-                         batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, cache=cache,
-                         cache_dir=cache_dir)
+    def __init__(self, root: str | None, augment: dict | None = None, spec_augment: dict | None = None,
+                 long_clips: str = "split", max_seconds: float | None = None, bad_files: str = "fail",
+                 **options) -> None:
+        """`options`: the shared settings (`settings`: split, loader, cache and labels keys)."""
+        super().__init__(root, AudioFiles(augment, spec_augment, long_clips, max_seconds), bad_files, **options)
 
 
 def resampled_length(path: str | Path) -> int:

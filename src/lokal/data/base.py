@@ -1,5 +1,5 @@
-"""What every lokal data module shares: the Lightning loader hooks, the balanced sampler and
-the records() table `lokal audit` reads."""
+"""What every lokal data module shares: its settings (lokal.data.settings), the Lightning
+loader hooks, the balanced sampler and the records() table `lokal audit` reads."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import lightning as L
 import pandas as pd
 from torch.utils.data import DataLoader
+
+from lokal.data.settings import DataSettings
 
 
 def make_records(parts: dict[str, pd.DataFrame], columns: dict[str, str]) -> pd.DataFrame:
@@ -40,7 +42,16 @@ def balanced_sampler(labels: Sequence[int], seed: int):
 
 
 class SplitDataModule(L.LightningDataModule):
-    """Shared loader hooks: a subclass says how to load one split with `_loader(split, train)`."""
+    """Shared settings and loader hooks. A subclass states the settings groups it takes and its
+    defaults (`settings`), passes the flat keys it does not name itself on to `__init__`
+    (`**options`: batch_size=16, folds=5, ...), and says how to load one split with
+    `_loader(split, train)`."""
+
+    settings = DataSettings()  # the class's groups and defaults; an instance's, with its options
+
+    def __init__(self, **options) -> None:
+        super().__init__()
+        self.settings = self.settings.take(options, type(self))
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         raise NotImplementedError

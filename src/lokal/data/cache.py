@@ -18,17 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from lokal.io import write_atomically
-from lokal.paths import data_cache_dir
 
 log = logging.getLogger(__name__)
 VERSION = "1"  # bump when the stored layout changes
-
-
-def cache_folder(cache: bool, cache_dir: str | None) -> Path | None:
-    """A data module's cache folder from its `cache` / `cache_dir` keys; None: no cache."""
-    if not cache:
-        return None
-    return Path(cache_dir).expanduser() if cache_dir else data_cache_dir()
 
 
 def digest(*parts: object) -> str:

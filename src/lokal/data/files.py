@@ -1,26 +1,28 @@
 """A table of file paths and labels (CSV, TSV, JSONL, Parquet, SQLite) as a LightningDataModule.
 
-Images train exactly like an image folder (same checks, splits, transforms and loaders:
-`LabelledFilesDataModule`); audio files exactly like an audio folder (Whisper's log-mel,
-`lokal.data.audio_files`).
+Images train exactly like an image folder, audio files exactly like an audio folder: the same
+checks, splits and loaders (lokal.data.labelled_files), with `ImageFiles` or `AudioFiles` for
+what the model reads.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 
+from lokal.data.audio_files import AudioFiles
 from lokal.data.checks import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, modality_of
-from lokal.data.image import LabelledFilesDataModule
-from lokal.data.tables import read_table, require_columns, require_values, tag_rows, wanted_columns
+from lokal.data.image import ImageFiles
+from lokal.data.labelled_files import LabelledFilesDataModule
+from lokal.data.tables import read_table, require_columns, require_values, tag_rows, wanted_columns, with_paths
 from lokal.errors import LokalError
 
 
 class FileTableDataModule(LabelledFilesDataModule):
     """One row per file: a path (relative to `root`, by default the table's folder) and a
     label, plus optional group, metadata and split columns. The modality (image or audio)
-    comes from the files' extensions."""
+    comes from the files' extensions: `augment` and `mixup` are `ImageFiles` options for
+    images; `augment`, `spec_augment`, `long_clips` and `max_seconds` `AudioFiles` options for
+    recordings."""
 
     def __init__(
         self,
@@ -29,43 +31,31 @@ class FileTableDataModule(LabelledFilesDataModule):
         label_column: str = "label",
         root: str | None = None,
         table: str | None = None,
-        classes: list[str] | None = None,
         label_map: dict | None = None,
         group_column: str | None = None,
         metadata_columns: list[str] | None = None,
         split_column: str | None = None,
-        folds: int = 0,
-        fold: int = 0,
         bad_files: str = "fail",
-        augment: dict | None = None,
-        balance: bool = False,
-        val_fraction: float = 0.15,
-        test_fraction: float = 0.2,
-        seed: int = 42,
         encoding: str = "utf-8",
-        batch_size: int = 32,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        augment: dict | None = None,
         mixup: dict | None = None,
-        cache: bool = True,
-        cache_dir: str | None = None,
         spec_augment: dict | None = None,
         long_clips: str = "split",
         max_seconds: float | None = None,
+        **options,
     ) -> None:
-        super().__init__(augment, balance, classes, bad_files, folds, fold, val_fraction, test_fraction, seed,
-                         batch_size, num_workers, pin_memory, mixup=mixup, cache=cache, cache_dir=cache_dir)
+        """`options`: the shared settings (`settings`: split, loader, cache and labels keys)."""
+        super().__init__(bad_files, **options)
         self.path, self.table, self.encoding = path, table, encoding
         self.file_column, self.label_column = file_column, label_column
         self.group_column, self.split_column = group_column, split_column
         self.metadata_columns = list(metadata_columns or [])
         self.label_map = dict(label_map or {})
-        frame = self._listing()
-        self.root = Path(root) if root else Path(path).parent
-        frame["path"] = [str(resolve(self.root, f)) for f in frame["_id"]]
-        self.modality = table_modality(frame, file_column, str(path))
-        if self.modality == "audio":  # augment, spec_augment, long_clips, max_seconds: lokal.data.audio_files
-            self.audio = audio_files(path, augment, spec_augment, long_clips, max_seconds, mixup)
+        self.root, frame = with_paths(self._listing(), root, path)
+        if table_modality(frame, file_column, str(path)) == "image":
+            self.content = ImageFiles(augment, mixup)
+        else:
+            self.content = audio_files(path, augment, spec_augment, long_clips, max_seconds, mixup)
         self._prepare(frame, str(path))
 
     def _listing(self) -> pd.DataFrame:
@@ -84,20 +74,13 @@ class FileTableDataModule(LabelledFilesDataModule):
 
 
 def audio_files(path, augment: dict | None, spec_augment: dict | None, long_clips: str,
-                max_seconds: float | None, mixup: dict | None):
-    """The audio settings of a table of recordings (image-only augment keys are refused by name
-    when training starts, so `lokal audit` still reads the table with file_table.yaml's defaults)."""
-    from lokal.data.audio_files import AudioFiles
-
+                max_seconds: float | None, mixup: dict | None) -> AudioFiles:
+    """What a table of recordings reads. Image-only augment keys are refused by name once the
+    model is known (AudioFiles.use_model), so `lokal audit` still reads the table with
+    file_table.yaml's image defaults; mixup is refused now."""
     if mixup:
         raise LokalError(f"{path} lists audio files: data.mixup mixes images; set data.mixup=null")
     return AudioFiles(augment, spec_augment, long_clips, max_seconds)
-
-
-def resolve(root: Path, file: str) -> Path:
-    """A path as written in the table: absolute as is, relative against `root`."""
-    path = Path(file).expanduser()
-    return (path if path.is_absolute() else root / path).absolute()
 
 
 def table_modality(frame: pd.DataFrame, file_column: str, where: str) -> str:

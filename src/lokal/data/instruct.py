@@ -4,6 +4,7 @@ fine-tuning, with the loss on the response tokens only."""
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from lokal.data.base import SplitDataModule
 from lokal.data.resumable import length_grouped_loader
+from lokal.data.settings import DataSettings, HoldoutSettings, LoaderSettings, check_fractions
 from lokal.data.tables import fold_text, read_table, require_columns
 from lokal.errors import LokalError
 
@@ -29,6 +31,8 @@ class InstructionDataModule(SplitDataModule):
     modality = "text"
     task = "causal_lm"
 
+    settings = DataSettings(HoldoutSettings(val_fraction=0.1, test_fraction=0.1), LoaderSettings(batch_size=8))
+
     def __init__(
         self,
         path: str | None,
@@ -37,20 +41,15 @@ class InstructionDataModule(SplitDataModule):
         table: str | None = None,
         dedup: bool = True,
         use_chat_template: bool = True,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        seed: int = 42,
-        batch_size: int = 8,
-        num_workers: int = 0,
         generate_examples: int = 5,
         max_new_tokens: int = 48,
+        **options,
     ) -> None:
-        super().__init__()
+        """`options`: the shared settings (`settings`: split and loader keys; no k-fold)."""
+        super().__init__(**options)
         self.path, self.table = path, table
         self.prompt_column, self.response_column = prompt_column, response_column
-        self.dedup, self.use_chat_template, self.seed = dedup, use_chat_template, seed
-        self.val_fraction, self.test_fraction = val_fraction, test_fraction
-        self.batch_size, self.num_workers = batch_size, num_workers
+        self.dedup, self.use_chat_template = dedup, use_chat_template
         # shown after training: greedy answers to the first test prompts, next to the references
         self.generate_examples, self.max_new_tokens = generate_examples, max_new_tokens
         self.tokenizer, self.max_length = None, 256
@@ -85,7 +84,7 @@ class InstructionDataModule(SplitDataModule):
         return frame.reset_index(drop=True)
 
     def _split(self) -> dict[str, pd.DataFrame]:
-        index = random_split(len(self.frame), self.val_fraction, self.test_fraction, self.seed, str(self.path))
+        index = random_split(len(self.frame), where=str(self.path), **asdict(self.settings.split))
         frames = {name: self.frame.iloc[rows] for name, rows in index.items()}
         self.stats |= {f"{name}_rows": len(f) for name, f in frames.items()}
         return frames
@@ -167,15 +166,13 @@ class InstructionDataModule(SplitDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         """Batches of similar length, as in TextDataModule: random groups in training, shortest first after."""
-        return length_grouped_loader(self.datasets[split], train, self.seed, self.batch_size,
-                                     num_workers=self.num_workers, collate_fn=self._collate)
+        return length_grouped_loader(self.datasets[split], train, self.settings.split.seed, collate_fn=self._collate,
+                                     **self.settings.loader.kwargs())
 
 
 def random_split(n: int, val_fraction: float, test_fraction: float, seed: int, where: str) -> dict[str, np.ndarray]:
     """Shuffled indices for train/val/test; a non-zero fraction gets at least one row."""
-    for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0 <= frac < 1:
-            raise LokalError(f"data.{name}={frac} must be in [0, 1)")
+    check_fractions(val_fraction, test_fraction)
     order = np.random.default_rng(seed).permutation(n)
     n_val, n_test = (max(1, round(f * n)) if f else 0 for f in (val_fraction, test_fraction))
     if n - n_val - n_test < 1:

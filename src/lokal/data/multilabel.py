@@ -8,6 +8,7 @@ label's share (iterative stratification)."""
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
@@ -15,9 +16,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from lokal.data.base import SplitDataModule, make_records
-from lokal.data.cache import cache_folder
-from lokal.data.image import LabelledFilesDataModule
+from lokal.data.image import ImageFiles
+from lokal.data.labelled_files import LabelledFilesDataModule
 from lokal.data.resumable import length_grouped_loader
+from lokal.data.settings import CacheSettings, DataSettings, LoaderSettings, SplitSettings
 from lokal.data.splits import given_splits, multilabel_split_rows
 from lokal.data.tables import fold_text, read_table, require_columns
 from lokal.errors import LokalError
@@ -33,17 +35,15 @@ class MultiLabelTextDataModule(SplitDataModule):
     modality = "text"
     task = "multi_label"
 
+    settings = DataSettings(SplitSettings(), LoaderSettings(), CacheSettings())
+
     def __init__(self, path: str | None, text_column: str = "text", label_column: str | None = "labels",
                  label_columns: list[str] | None = None, label_separator: str | None = None,
                  labels: list[str] | None = None, table: str | None = None, encoding: str = "utf-8",
-                 dedup: bool = True, split_column: str | None = None, val_fraction: float = 0.15,
-                 test_fraction: float = 0.2, folds: int = 0, fold: int = 0, seed: int = 42, batch_size: int = 32,
-                 num_workers: int = 0, pin_memory: bool = False, cache: bool = True,
-                 cache_dir: str | None = None) -> None:
-        super().__init__()
+                 dedup: bool = True, split_column: str | None = None, **options) -> None:
+        """`options`: the shared settings (`settings`: split, loader and cache keys)."""
+        super().__init__(**options)
         self.path, self.text_column, self.split_column = path, text_column, split_column
-        self.batch_size, self.num_workers, self.pin_memory, self.seed = batch_size, num_workers, pin_memory, seed
-        self.cache_dir = cache_folder(cache, cache_dir)
         self.tokenizer, self.max_length = None, 128
         self.stats: dict[str, int] = {}
         frame = read_table(path, table, encoding)
@@ -54,8 +54,8 @@ class MultiLabelTextDataModule(SplitDataModule):
                                                   str(path))
         frame, targets = self._clean(frame, targets, dedup)
         given = given_splits(frame[split_column], split_column, str(path)) if split_column else None
-        index = multilabel_split_rows(targets, self.class_names, val_fraction, test_fraction, seed, str(path),
-                                      given, folds, fold)
+        index = multilabel_split_rows(targets, self.class_names, where=str(path), given=given,
+                                      **asdict(self.settings.split))
         self.splits = {name: (frame.iloc[rows], targets[rows]) for name, rows in index.items()}
         self.stats |= {f"{name}_rows": len(rows) for name, rows in index.items()}
 
@@ -103,19 +103,20 @@ class MultiLabelTextDataModule(SplitDataModule):
             raise RuntimeError("call use_model(model) before setup: the tokenizer comes from the model")
         if hasattr(self, "datasets"):
             return
-        source = file_identity(self.path) if self.cache_dir else ""
+        cache_dir = self.settings.cache.folder
+        source = file_identity(self.path) if cache_dir else ""
         self.datasets = {}
         for name in self.splits:
-            rows = encode_texts(self.tokenizer, self.texts(name), self.max_length, self.cache_dir, source)
+            rows = encode_texts(self.tokenizer, self.texts(name), self.max_length, cache_dir, source)
             self.datasets[name] = [row | {"label": target.astype(np.float32).tolist(), "index": i}
                                    for i, (row, target) in enumerate(zip(rows, self.labels(name), strict=True))]
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         from lokal.data.augment import TextCollate
 
-        return length_grouped_loader(self.datasets[split], train, self.seed, self.batch_size,
-                                     num_workers=self.num_workers, pin_memory=self.pin_memory,
-                                     collate_fn=TextCollate(self.tokenizer, self.max_length))
+        return length_grouped_loader(self.datasets[split], train, self.settings.split.seed,
+                                     collate_fn=TextCollate(self.tokenizer, self.max_length),
+                                     **self.settings.loader.kwargs())
 
 
 def read_columns(content: dict[str, str], split_column: str | None, label_column: str | None,
@@ -185,30 +186,27 @@ class MultiLabelFilesDataModule(LabelledFilesDataModule):
 
     task = "multi_label"
 
+    settings = DataSettings(SplitSettings(), LoaderSettings(), CacheSettings())  # no classes to balance
+
     def __init__(self, path: str | None, file_column: str = "file", label_column: str | None = "labels",
                  label_columns: list[str] | None = None, label_separator: str | None = None,
                  labels: list[str] | None = None, root: str | None = None, table: str | None = None,
                  encoding: str = "utf-8", split_column: str | None = None, bad_files: str = "fail",
-                 augment: dict | None = None, val_fraction: float = 0.15, test_fraction: float = 0.2, folds: int = 0,
-                 fold: int = 0, seed: int = 42, batch_size: int = 32, num_workers: int = 0, pin_memory: bool = False,
-                 cache: bool = True, cache_dir: str | None = None) -> None:
-        from pathlib import Path
+                 augment: dict | None = None, **options) -> None:
+        """`options`: the shared settings (`settings`: split, loader and cache keys)."""
+        from lokal.data.files import table_modality
+        from lokal.data.tables import require_values, with_paths
 
-        from lokal.data.files import resolve, table_modality
-        from lokal.data.tables import require_values
-
-        super().__init__(augment, False, None, bad_files, folds, fold, val_fraction, test_fraction, seed,
-                         batch_size, num_workers, pin_memory, cache=cache, cache_dir=cache_dir)
+        super().__init__(bad_files, **options)
         frame = read_table(path, table, encoding)
         require_columns(frame, read_columns({"file_column": file_column}, split_column, label_column, label_columns),
                         path)
         frame = frame.assign(_row=range(len(frame)))
         require_values(frame, {"file_column": file_column}, path)
-        frame["_id"] = frame[file_column].astype(str).str.strip()
-        frame["path"] = [str(resolve(Path(root) if root else Path(path).parent, f)) for f in frame["_id"]]
+        self.root, frame = with_paths(frame.assign(_id=frame[file_column].astype(str).str.strip()), root, path)
         if table_modality(frame, file_column, str(path)) != "image":
             raise LokalError(f"{path}: multi-label tables read images so far; for audio labels use data=file_table")
-        self.path, self.split_column = path, split_column
+        self.path, self.split_column, self.content = path, split_column, ImageFiles(augment)
         self.label_options = (label_column, label_columns, label_separator, labels)
         self._prepare(frame, str(path))
 
@@ -217,8 +215,8 @@ class MultiLabelFilesDataModule(LabelledFilesDataModule):
         frame = self._check_files(frame, where).reset_index(drop=True)
         self.class_names, targets = label_targets(frame, *self.label_options, where)
         given = given_splits(frame[self.split_column], self.split_column, where) if self.split_column else None
-        index = multilabel_split_rows(targets, self.class_names, self.val_fraction, self.test_fraction, self.seed,
-                                      where, given, self.folds, self.fold)
+        index = multilabel_split_rows(targets, self.class_names, where=where, given=given,
+                                      **asdict(self.settings.split))
         self.targets = {name: targets[rows] for name, rows in index.items()}
         vectors = [torch.as_tensor(row, dtype=torch.float32) for row in targets]  # (L,) each: batches stack to (B, L)
         frame = frame.assign(_y=vectors, _label=joined_label_sets(targets, self.class_names))

@@ -10,7 +10,7 @@ waveform augmentation first (speed, shift, noise) and SpecAugment on the log-mel
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
@@ -21,11 +21,11 @@ from lokal.audit.images import file_sha256
 from lokal.data.audio import SAMPLE_RATE, LengthPolicy, audio_problem, load_audio
 from lokal.data.audio_augment import AudioAugment, SpecAugment
 from lokal.data.base import SplitDataModule, make_records
-from lokal.data.files import resolve
-from lokal.data.image import bad_files_message
+from lokal.data.labelled_files import bad_files_message, check_bad_files
 from lokal.data.resumable import resumable_loader
+from lokal.data.settings import DataSettings, HoldoutSettings, LoaderSettings
 from lokal.data.splits import split_rows
-from lokal.data.tables import read_table, require_columns, require_values, tag_rows, wanted_columns
+from lokal.data.tables import read_table, require_columns, require_values, tag_rows, wanted_columns, with_paths
 from lokal.errors import LokalError
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,8 @@ class SpeechDataModule(SplitDataModule):
 
     modality = "audio"
     task = "speech_recognition"
+
+    settings = DataSettings(HoldoutSettings(val_fraction=0.1, test_fraction=0.1), LoaderSettings(batch_size=8))
 
     def __init__(
         self,
@@ -57,39 +59,24 @@ class SpeechDataModule(SplitDataModule):
         max_seconds: float = 30.0,
         augment: dict | None = None,
         spec_augment: dict | None = None,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        seed: int = 42,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        **options,
     ) -> None:
-        super().__init__()
-        if bad_files not in ("fail", "skip"):
-            raise LokalError(f"data.bad_files={bad_files!r}: use fail (stop and list them) or skip (leave them out "
-                             "and log each)")
+        """`options`: the shared settings (`settings`: split and loader keys; no k-fold)."""
+        super().__init__(**options)
         self.path, self.table, self.encoding = path, table, encoding
         self.file_column, self.text_column = file_column, text_column
         self.group_column, self.split_column = group_column, split_column
         self.metadata_columns = list(metadata_columns or [])
-        self.dedup, self.bad_files = dedup, bad_files
+        self.dedup, self.bad_files = dedup, check_bad_files(bad_files, ("fail", "skip"))
         self.length_policy = LengthPolicy("skip", max_seconds)
         self.augment = AudioAugment(**dict(augment or {}))
         self.spec_augment = SpecAugment(**dict(spec_augment or {}))
-        self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
-        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.feature_extractor = self.tokenizer = None
         self.max_label_tokens = 448
         self.class_names: list[str] = []  # no classes: transcripts are the targets
         self.stats: dict[str, int] = {}
-        frame = self._listing()
-        self.root = Path(root) if root else Path(path).parent
-        frame["path"] = [str(resolve(self.root, f)) for f in frame["_id"]]
-        frame = self._keep_usable(frame)
-        index = split_rows(np.full(len(frame), "speech"), val_fraction, test_fraction, seed, str(path),
-                           groups=frame.get("_group"), given=frame.get("_given"))
-        self.parts = {name: frame.iloc[rows].reset_index(drop=True) for name, rows in index.items()}
-        self.stats |= {f"{name}_rows": len(part) for name, part in self.parts.items()}
+        self.root, frame = with_paths(self._listing(), root, path)
+        self.parts = self._split(self._keep_usable(frame))
 
     # -- reading the table -------------------------------------------------------------------
     def _listing(self) -> pd.DataFrame:
@@ -110,6 +97,13 @@ class SpeechDataModule(SplitDataModule):
         frame = frame.assign(_text=texts)[~blank]
         frame = tag_rows(frame.assign(_label="speech"), "_label", self.group_column, self.split_column, str(self.path))
         return frame.assign(_id=files[~blank].to_numpy())
+
+    def _split(self, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        index = split_rows(np.full(len(frame), "speech"), where=str(self.path), groups=frame.get("_group"),
+                           given=frame.get("_given"), **asdict(self.settings.split))
+        parts = {name: frame.iloc[rows].reset_index(drop=True) for name, rows in index.items()}
+        self.stats |= {f"{name}_rows": len(part) for name, part in parts.items()}
+        return parts
 
     def _keep_usable(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Check every file (found, audio, not empty, a readable rate), drop clips over max_seconds
@@ -202,13 +196,12 @@ class SpeechDataModule(SplitDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         from torch.utils.data import RandomSampler
 
-        dataset = self.datasets[split]
-        settings = {"batch_size": self.batch_size, "num_workers": self.num_workers, "pin_memory": self.pin_memory,
-                    "collate_fn": collate, "persistent_workers": self.num_workers > 0}
+        dataset, loader = self.datasets[split], self.settings.loader
+        options = loader.kwargs() | {"collate_fn": collate, "persistent_workers": loader.num_workers > 0}
         if train:
-            return resumable_loader(dataset, RandomSampler(dataset, generator=torch.Generator()), self.seed,
-                                    **settings)
-        return DataLoader(dataset, **settings)
+            return resumable_loader(dataset, RandomSampler(dataset, generator=torch.Generator()),
+                                    self.settings.split.seed, **options)
+        return DataLoader(dataset, **options)
 
 
 class SpeechDataset(Dataset):

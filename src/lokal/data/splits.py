@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from lokal.data.settings import check_fractions
 from lokal.errors import LokalError
 
 log = logging.getLogger(__name__)
@@ -62,15 +63,6 @@ def _stratifiable(fraction: float, rows: int, classes: int, held_splits: int = 1
     if low <= wanted <= high or low > high:  # fine as asked, or impossible: sklearn says why
         return fraction
     return min(max(wanted, low), high)
-
-
-def check_fractions(val_fraction: float, test_fraction: float) -> None:
-    for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0 <= frac < 1:
-            raise LokalError(f"data.{name}={frac} must be in [0, 1)")
-    if val_fraction + test_fraction >= 1:
-        total = val_fraction + test_fraction
-        raise LokalError(f"data.val_fraction + data.test_fraction = {total} leaves no training data")
 
 
 def _check_class_sizes(labels: np.ndarray, val_fraction: float, test_fraction: float, where: str) -> None:

@@ -176,3 +176,16 @@ def map_labels(labels: pd.Series, label_map: dict | None) -> pd.Series:
 def fold_text(texts: pd.Series) -> pd.Series:
     """The duplicate key: lowercased, runs of whitespace folded to one space."""
     return texts.astype(str).str.lower().str.split().str.join(" ")
+
+
+def resolve(root: Path, file: str) -> Path:
+    """A path as written in the table: absolute as is, relative against `root`."""
+    path = Path(file).expanduser()
+    return (path if path.is_absolute() else root / path).absolute()
+
+
+def with_paths(frame: pd.DataFrame, root: str | None, path: str) -> tuple[Path, pd.DataFrame]:
+    """(the folder relative paths start from: `root`, else the table's folder; `frame` with a
+    `path` column: each `_id`, the file as the table wrote it, resolved against that folder)."""
+    folder = Path(root) if root else Path(path).parent
+    return folder, frame.assign(path=[str(resolve(folder, f)) for f in frame["_id"]])

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 
 import pandas as pd
 from torch.utils.data import DataLoader
 
 from lokal.data.augment import TextAugment, from_config
 from lokal.data.base import SplitDataModule, balanced_sampler, make_records, record_extras
-from lokal.data.cache import cache_folder
 from lokal.data.resumable import length_grouped_loader
+from lokal.data.settings import CacheSettings, DataSettings, LabelSettings, LoaderSettings, SplitSettings
 from lokal.data.splits import known_classes, split_rows
 from lokal.data.tables import LABEL, fold_text, map_labels, read_table, require_columns, tag_rows, wanted_columns
 from lokal.errors import LokalError
@@ -26,6 +27,8 @@ class TextDataModule(SplitDataModule):
 
     modality = "text"
 
+    settings = DataSettings(SplitSettings(), LoaderSettings(), CacheSettings(), LabelSettings())
+
     def __init__(
         self,
         path: str | None,
@@ -34,28 +37,18 @@ class TextDataModule(SplitDataModule):
         table: str | None = None,
         label_names: dict | None = None,
         label_map: dict | None = None,
-        classes: list[str] | None = None,
         dedup: bool | str = True,
         pii: str | None = None,
-        balance: bool = False,
-        val_fraction: float = 0.15,
-        test_fraction: float = 0.2,
-        seed: int = 42,
         group_column: str | None = None,
         metadata_columns: list[str] | None = None,
         split_column: str | None = None,
-        folds: int = 0,
-        fold: int = 0,
         encoding: str = "utf-8",
-        batch_size: int = 32,
-        num_workers: int = 0,
-        pin_memory: bool = False,
         normalize_slang: bool = False,
         augment: dict | None = None,
-        cache: bool = True,
-        cache_dir: str | None = None,
+        **options,
     ) -> None:
-        super().__init__()
+        """`options`: the shared settings (`settings`: split, loader, cache and labels keys)."""
+        super().__init__(**options)
         self.path, self.table, self.encoding = path, table, encoding
         self.text_column, self.label_column = text_column, label_column
         self.group_column, self.split_column = group_column, split_column
@@ -63,17 +56,12 @@ class TextDataModule(SplitDataModule):
         self.label_names = {str(k): v for k, v in (label_names or {}).items()}
         self.label_map = dict(label_map or {})
         self.dedup, self.pii = check_choice("dedup", dedup, DEDUP), check_choice("pii", pii, PII)
-        self.balance, self.seed = balance, seed
-        self.val_fraction, self.test_fraction = val_fraction, test_fraction
-        self.folds, self.fold = folds, fold
-        self.batch_size, self.num_workers = batch_size, num_workers
-        self.pin_memory, self.normalize_slang = pin_memory, normalize_slang
+        self.normalize_slang = normalize_slang
         self.augment = from_config(TextAugment, augment, "augment")  # EDA on training texts
-        self.cache_dir = cache_folder(cache, cache_dir)
         self.tokenizer, self.max_length = None, 128
         self.stats: dict[str, int] = {}
         self.frame = self._load()
-        self.classes = known_classes(self.frame[LABEL], classes, self.frame["_id"], str(path))
+        self.classes = known_classes(self.frame[LABEL], self.settings.labels.classes, self.frame["_id"], str(path))
         self.class_names = [self.label_names.get(c, c) for c in self.classes]
         self.splits = self._split()
 
@@ -173,8 +161,8 @@ class TextDataModule(SplitDataModule):
 
     def _split(self) -> dict[str, pd.DataFrame]:
         frame = self.frame
-        index = split_rows(frame[LABEL], self.val_fraction, self.test_fraction, self.seed, str(self.path),
-                           groups=frame.get("_group"), given=frame.get("_given"), folds=self.folds, fold=self.fold)
+        index = split_rows(frame[LABEL], where=str(self.path), groups=frame.get("_group"), given=frame.get("_given"),
+                           **asdict(self.settings.split))
         labels = frame[LABEL].map({name: i for i, name in enumerate(self.classes)}).to_numpy()
         frames = {name: frame.iloc[rows].assign(_y=labels[rows]) for name, rows in index.items()}
         self.stats |= {f"{name}_rows": len(f) for name, f in frames.items()}
@@ -198,8 +186,9 @@ class TextDataModule(SplitDataModule):
         texts = frame[self.text_column].astype(str).tolist()
         if self.normalize_slang:
             texts = [normalize_slang(t) for t in texts]
-        source = f"{file_identity(self.path)}|{self.table}" if self.cache_dir else ""
-        rows = encode_texts(self.tokenizer, texts, self.max_length, self.cache_dir, source)
+        cache_dir = self.settings.cache.folder
+        source = f"{file_identity(self.path)}|{self.table}" if cache_dir else ""
+        rows = encode_texts(self.tokenizer, texts, self.max_length, cache_dir, source)
         keep = train and self.augment is not None
         # "index": the row's place in its split, so predictions from length-sorted batches can be put back in order
         return [row | {"label": y, "index": i} | ({"text": text} if keep else {})
@@ -208,17 +197,17 @@ class TextDataModule(SplitDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         """Batches of similar length (lokal.data.resumable.length_grouped_loader). With
         `balance`, training draws classes equally often instead (lengths then mix)."""
-        sampler = balanced_sampler(self.labels(split), self.seed) if train and self.balance else None
-        return length_grouped_loader(self.datasets[split], train, self.seed, self.batch_size, sampler,
-                                     num_workers=self.num_workers, pin_memory=self.pin_memory,
-                                     collate_fn=self._collate(train))
+        seed = self.settings.split.seed
+        sampler = balanced_sampler(self.labels(split), seed) if train and self.settings.labels.balance else None
+        return length_grouped_loader(self.datasets[split], train, seed, sampler=sampler,
+                                     collate_fn=self._collate(train), **self.settings.loader.kwargs())
 
     def _collate(self, train: bool):
         from lokal.data.augment import TextCollate
         from lokal.data.cache import quiet_tokenizer_fork
 
         augment = self.augment if train else None
-        if augment is not None and self.num_workers:
+        if augment is not None and self.settings.loader.num_workers:
             quiet_tokenizer_fork()
         return TextCollate(self.tokenizer, self.max_length, augment)
 

@@ -341,8 +341,7 @@ def read_text_table(path: Path, predictor: Predictor, text_column: str, file_col
 
 def read_file_table(path: Path, predictor: Predictor, text_column: str, file_column: str) -> list[tuple[str, str]]:
     """Image paths in a table: relative ones start at the table's folder, as in training (data.root)."""
-    from lokal.data.files import resolve
-    from lokal.data.tables import read_table
+    from lokal.data.tables import read_table, resolve
 
     frame = read_table(str(path))
     column = file_column_of(frame, file_column)

@@ -5,52 +5,38 @@ costs a second, not a model load and a torch traceback."""
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from lokal.data.settings import RANGES as DATA_RANGES
+from lokal.data.settings import Rule, check_fractions, check_range, number, whole
 from lokal.errors import LokalError
 
-
-def _whole(low: int) -> Callable[[object], bool]:
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
-
-
-def _number(check: Callable[[float], bool]) -> Callable[[object], bool]:
-    return lambda v: isinstance(v, int | float) and not isinstance(v, bool) and check(v)
-
-
 # key -> (test, what it must be, an example). Absent keys (another method, another trainer) are skipped.
-RANGES: dict[str, tuple[Callable[[object], bool], str, str]] = {
-    "method.lr": (_number(lambda v: v > 0), "a positive number", "1e-4"),
-    "optimizer.lr": (_number(lambda v: v > 0), "a positive number", "1e-4"),
-    "optimizer.weight_decay": (_number(lambda v: v >= 0), "0 or more", "0.01"),
-    "method.r": (_whole(1), "a whole number >= 1", "8"),
-    "method.last_n_blocks": (_whole(0), "a whole number >= 0", "2"),
-    "data.batch_size": (_whole(1), "a whole number >= 1", "16"),
-    "data.num_workers": (_whole(0), "a whole number >= 0", "0"),
-    "data.val_fraction": (_number(lambda v: 0 <= v < 1), "a fraction in [0, 1)", "0.15"),
-    "data.test_fraction": (_number(lambda v: 0 <= v < 1), "a fraction in [0, 1)", "0.2"),
-    "trainer.max_epochs": (lambda v: _whole(1)(v) or v == -1, "a whole number >= 1 (or -1 with max_steps)", "3"),
-    "trainer.accumulate_grad_batches": (_whole(1), "a whole number >= 1", "4"),
-    "trainer.devices": (lambda v: _whole(1)(v) or v == -1 or isinstance(v, str | list), "a number >= 1",
+# The data keys' rules are the data settings' own (lokal.data.settings), which check them again
+# when a data module is built from Python.
+RANGES: dict[str, Rule] = {
+    "method.lr": (number(lambda v: v > 0), "a positive number", "1e-4"),
+    "optimizer.lr": (number(lambda v: v > 0), "a positive number", "1e-4"),
+    "optimizer.weight_decay": (number(lambda v: v >= 0), "0 or more", "0.01"),
+    "method.r": (whole(1), "a whole number >= 1", "8"),
+    "method.last_n_blocks": (whole(0), "a whole number >= 0", "2"),
+    **{f"data.{key}": rule for key, rule in DATA_RANGES.items()},
+    "trainer.max_epochs": (lambda v: whole(1)(v) or v == -1, "a whole number >= 1 (or -1 with max_steps)", "3"),
+    "trainer.accumulate_grad_batches": (whole(1), "a whole number >= 1", "4"),
+    "trainer.devices": (lambda v: whole(1)(v) or v == -1 or isinstance(v, str | list), "a number >= 1",
                         "1"),
 }
 
 
 def check_ranges(cfg: DictConfig) -> None:
     """Every RANGES key present in `cfg` holds an allowed value."""
-    for key, (test, must_be, example) in RANGES.items():
+    for key, rule in RANGES.items():
         value = OmegaConf.select(cfg, key, default=None)
-        if value is None:
-            continue
-        if not test(value):
-            raise LokalError(f"{key}={value!r} is out of range: it must be {must_be}, e.g. {key}={example}")
-    fractions = [OmegaConf.select(cfg, f"data.{k}", default=0) or 0 for k in ("val_fraction", "test_fraction")]
-    if sum(fractions) >= 1:
-        raise LokalError(f"data.val_fraction + data.test_fraction = {sum(fractions):g} leaves nothing to train on: "
-                         "keep their sum below 1, e.g. data.val_fraction=0.15 data.test_fraction=0.2")
+        if value is not None:
+            check_range(key, value, rule)
+    check_fractions(*(OmegaConf.select(cfg, f"data.{k}", default=0) or 0 for k in ("val_fraction", "test_fraction")))
 
 
 # -- a run folder reused with another config -----------------------------------------------------

@@ -61,13 +61,13 @@ def test_run_configs_written_before_the_layout_load(tmp_path):
 
 def test_every_shipped_model_is_a_lokal_model():
     from hydra.utils import get_class
-    from omegaconf import OmegaConf
 
     from lokal.models import LokalModel
     from lokal.paths import CONFIG_DIR
+    from tests.conftest import compose
 
     for file in sorted((CONFIG_DIR / "model").glob("*.yaml")):
-        model_class = get_class(OmegaConf.load(file)._target_)
+        model_class = get_class(compose([f"model={file.stem}"], run_dir=".").model._target_)  # defaults composed
         assert issubclass(model_class, LokalModel), file.name
         assert model_class.modality in ("text", "image", "audio") and model_class.task in model_class.tasks
         assert set(model_class.tasks) <= set(TASKS), file.name

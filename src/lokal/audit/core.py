@@ -24,7 +24,7 @@ class AuditSettings:
     """Thresholds and switches; written into audit.json so a report says how it was made."""
 
     near: bool = True  # search near duplicates (text MinHash, image perceptual hashes)
-    text_threshold: float = 0.7  # character 5-gram Jaccard; see lokal.audit.text for why 0.7
+    text_threshold: float = 0.6  # character 5-gram Jaccard of near keys; see lokal.audit.text for why 0.6
     image_threshold: int = 20  # bits of 128 (pHash + dHash) that may differ; see lokal.audit.images
     label_errors: bool = True
     label_error_limit: int = 50  # rows listed in the report (all flagged rows are counted)

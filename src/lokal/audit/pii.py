@@ -26,13 +26,25 @@ DAYS_IN_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 # 16 digits, either plain or with one kind of separator (space, dot, dash) between
 # groups ("3201 0123 4567 8901", "320101.230495.0001"); never part of a longer number.
 NIK_RE = re.compile(r"(?<![\d+])(?<!\d[ .-])\d(?:[ .-]?\d){15}(?![ .-]?\d)")
-# +62 / 62 / 0, then a mobile number starting with 8 and 7-11 more digits, with single
-# spaces, dots or dashes between groups. Numbers glued to more digits do not match.
-PHONE_RE = re.compile(r"(?<![\d+])(?<!\d[ .-])(?:\+62|62|0)[ .-]?8(?:[ .-]?\d){7,11}(?![ .-]?\d)")
+# A phone number as people write it: a first digit (maybe after "(" and "+"), then more digits
+# with separators between: up to two spaces, a dot or a dash, and brackets around a leading code
+# ("(+62) 852 3210 7187", "(021) 555 1234", "+62 (0) 812-..."). PHONE_RE takes the whole run,
+# never starting inside a longer number; `find_phones` decides on its digits which run, or which
+# part of it up to a separator, is a phone number.
+SEP = r"[ \t]{0,2}(?:[()][ \t]{0,2})?(?:[.\-][ \t]{0,2})?"
+PHONE_RE = re.compile(
+    r"(?<![\w+])(?<!\d[ \t.\-])(?<!\d[ \t][ \t.\-])(?<!\d[.\-][ \t])(?<!\d[ \t][.\-][ \t])"
+    rf"(?:\([ \t]?)?\+?\d(?:{SEP}\d)*"
+)
+MOBILE_RE = re.compile(r"08\d{7,11}")  # 08xx: every Indonesian mobile operator; 9-13 digits
+LANDLINE_RE = re.compile(r"0[2-79]\d{7,9}")  # area code 021, 0274 ... then the subscriber: 9-11 digits
+PRICE_RE = re.compile(r"[1-9]\d{0,2}(?:\.\d{3})+")  # Rp 6.281.234.567: thousands, not a phone
+CLOCK_RE = re.compile(r"(?<!\d)\d{2}[.:]\d{2}(?!\d)")  # 08.30 - 10.00 - 12.00: times, not a phone
+DATE_RE = re.compile(r"(?<!\d)\d{1,2}[.\-]\d{1,2}[.\-](?:19|20)\d{2}(?!\d)")  # 02-08-2019 08.30
 EMAIL_RE = re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
-# Cheap pre-filter for a whole column: a text needs 9 digits in a row (allowing single
-# separators) or an @ to hold any of the three kinds.
-MAYBE_RE = r"@|\d(?:[ .-]?\d){8}"
+# Cheap pre-filter for a whole column: a text needs 9 digits close together (separators and
+# brackets between) or an @ to hold any of the three kinds.
+MAYBE_RE = r"@|\d(?:[ \t.()-]{0,5}\d){8}"
 
 
 def plausible_nik(digits: str) -> bool:
@@ -60,12 +72,66 @@ def find_nik(text: str) -> list[tuple[str, int, int, str]]:
     return found
 
 
+def phone_number(written: str) -> bool:
+    """Is this PHONE_RE match a phone number? On its digits, as dialled at home: +62 / 62 becomes
+    the trunk 0 (+62 (0) 812 too). Mobile: 08 and 9-13 digits. Landline: an area code 02-09
+    (not 08) and 9-11 digits, only after 0 or +62 (a bare 62 before a non-mobile number is more
+    often a price or an id than a phone). Brackets only around a leading code of up to 5 digits."""
+    if PRICE_RE.fullmatch(written) or len(CLOCK_RE.findall(written)) > 1 or DATE_RE.search(written):
+        return False
+    if not _brackets_lead(written):
+        return False
+    digits = re.sub(r"\D", "", written)
+    if digits.startswith("62"):
+        rest = digits[2:]
+        national = rest if rest.startswith("0") else "0" + rest
+        return bool(MOBILE_RE.fullmatch(national)) or ("+" in written and bool(LANDLINE_RE.fullmatch(national)))
+    return bool(MOBILE_RE.fullmatch(digits) or LANDLINE_RE.fullmatch(digits))
+
+
+def _brackets_lead(written: str) -> bool:
+    """'(+62) 852 ...', '+62 (21) ...', '(0852) ...' yes; '0812 (3456) 7890' no. A lone '(' at the
+    start is a bracket around the whole number: its ')' follows the last digit."""
+    opened, closed = written.count("("), written.count(")")
+    if closed == 0:
+        return opened == 0 or (opened == 1 and written.lstrip().startswith("("))
+    head = written[:written.index(")")]
+    return opened == closed == 1 and "(" in head and len(re.sub(r"\D", "", head)) <= 5
+
+
+def find_phones(text: str) -> list[tuple[str, int, int, str]]:
+    """Phone numbers (mobile, landline, in WhatsApp links) as findings. A run of digits that is
+    no phone as a whole may start with one ("+62 857 8140 3309 637.000 penonton") or hold several
+    ("0812 3456 7890 0813 1111 2222"): its longest part up to a separator that is one counts,
+    then the rest is searched again. A run without separators is one number (an 18-digit id
+    holds no phone). An unclosed '(' before the number stays out of the span."""
+    found = []
+    for m in PHONE_RE.finditer(text):
+        start, written = m.start(), m.group()
+        while written:
+            if written.startswith("(") and written.count("(") > written.count(")"):
+                skip = len(written) - len(written[1:].lstrip())
+                written, start = written[skip:], start + skip
+            end = _longest_phone(written)
+            if end is None:
+                break
+            found.append(("phone", start, start + end, written[:end]))
+            rest = re.search(r"[(+\d]", written[end:])
+            written, start = (written[end + rest.start():], start + end + rest.start()) if rest else ("", 0)
+    return found
+
+
+def _longest_phone(written: str) -> int | None:
+    """The end of the longest start of `written`, cut after a digit, that is a phone number."""
+    ends = [len(written)] + [d.end() for d in re.finditer(r"\d(?=\D)", written)][::-1]
+    return next((end for end in ends if phone_number(written[:end])), None)
+
+
 def find_pii(text: str) -> list[tuple[str, int, int, str]]:
     """Every NIK, phone number and email in `text` as (kind, start, end, value), by position.
     A phone match inside a NIK is dropped: the NIK is the finding."""
     niks = find_nik(text)
-    phones = [("phone", m.start(), m.end(), m.group()) for m in PHONE_RE.finditer(text)]
-    phones = [p for p in phones if not _overlaps(p, niks)]
+    phones = [p for p in find_phones(text) if not _overlaps(p, niks)]
     emails = [("email", m.start(), m.end(), m.group()) for m in EMAIL_RE.finditer(text)]
     return sorted(niks + phones + emails, key=lambda f: f[1])
 

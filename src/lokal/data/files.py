@@ -7,13 +7,23 @@ what the model reads.
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pandas as pd
 
 from lokal.data.audio_files import AudioFiles
 from lokal.data.checks import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, modality_of
 from lokal.data.image import ImageFiles
 from lokal.data.labelled_files import LabelledFilesDataModule
-from lokal.data.tables import read_table, require_columns, require_values, tag_rows, wanted_columns, with_paths
+from lokal.data.settings import (
+    CacheSettings,
+    DataSettings,
+    LabelSettings,
+    LoaderSettings,
+    SplitFileSettings,
+    SplitSettings,
+)
+from lokal.data.tables import describe_source, read_rows, require_values, tag_rows, wanted_columns, with_paths
 from lokal.errors import LokalError
 
 
@@ -22,7 +32,9 @@ class FileTableDataModule(LabelledFilesDataModule):
     label, plus optional group, metadata and split columns. The modality (image or audio)
     comes from the files' extensions: `augment` and `mixup` are `ImageFiles` options for
     images; `augment`, `spec_augment`, `long_clips` and `max_seconds` `AudioFiles` options for
-    recordings."""
+    recordings. One table per split works as for text tables (`data.path=DIR`, `data.train_path`)."""
+
+    settings = DataSettings(SplitSettings(), LoaderSettings(), CacheSettings(), LabelSettings(), SplitFileSettings())
 
     def __init__(
         self,
@@ -44,31 +56,31 @@ class FileTableDataModule(LabelledFilesDataModule):
         max_seconds: float | None = None,
         **options,
     ) -> None:
-        """`options`: the shared settings (`settings`: split, loader, cache and labels keys)."""
+        """`options`: the shared settings (`settings`: split, loader, cache, labels and split-table keys)."""
         super().__init__(bad_files, **options)
         self.path, self.table, self.encoding = path, table, encoding
+        self.where = describe_source(path, asdict(self.settings.files))
         self.file_column, self.label_column = file_column, label_column
         self.group_column, self.split_column = group_column, split_column
         self.metadata_columns = list(metadata_columns or [])
         self.label_map = dict(label_map or {})
-        self.root, frame = with_paths(self._listing(), root, path)
-        if table_modality(frame, file_column, str(path)) == "image":
+        self.root, frame = with_paths(self._listing(), root, path or self.settings.files.train_path)
+        if table_modality(frame, file_column, self.where) == "image":
             self.content = ImageFiles(augment, mixup)
         else:
-            self.content = audio_files(path, augment, spec_augment, long_clips, max_seconds, mixup)
-        self._prepare(frame, str(path))
+            self.content = audio_files(self.where, augment, spec_augment, long_clips, max_seconds, mixup)
+        self._prepare(frame, self.where)
 
     def _listing(self) -> pd.DataFrame:
         """The table's rows with the columns the module reads, tagged like a text table's."""
-        frame = read_table(self.path, self.table, self.encoding)
         columns = wanted_columns({"file_column": self.file_column, "label_column": self.label_column},
                                  self.group_column, self.split_column, self.metadata_columns)
-        require_columns(frame, columns, self.path)
+        frame = read_rows(self.path, self.table, self.encoding, columns, asdict(self.settings.files),
+                          labels=(self.label_column,))
         if frame.empty:
-            raise LokalError(f"{self.path}: the table has no rows; add one row per file")
-        frame = frame[list(dict.fromkeys(columns.values()))].assign(_row=range(len(frame)))
-        require_values(frame, {"file_column": self.file_column, "label_column": self.label_column}, self.path)
-        frame = tag_rows(frame, self.label_column, self.group_column, self.split_column, str(self.path),
+            raise LokalError(f"{self.where}: the table has no rows; add one row per file")
+        require_values(frame, {"file_column": self.file_column, "label_column": self.label_column}, self.where)
+        frame = tag_rows(frame, self.label_column, self.group_column, self.split_column, self.where,
                          self.label_map)
         return frame.assign(_id=frame[self.file_column].astype(str).str.strip())
 

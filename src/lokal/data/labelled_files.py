@@ -72,7 +72,7 @@ class LabelledFilesDataModule(SplitDataModule):
         frame = self._check_files(frame, where).reset_index(drop=True)
         self.class_names = known_classes(frame["_label"], self.settings.labels.classes, frame["_id"], where)
         index = split_rows(frame["_label"], where=where, groups=frame.get("_group"), given=frame.get("_given"),
-                           **asdict(self.settings.split))
+                           from_files="_file_split" in frame.columns, **asdict(self.settings.split))
         labels = frame["_label"].map({name: i for i, name in enumerate(self.class_names)}).to_numpy()
         self.files_by_split = {name: frame.iloc[rows].assign(_y=labels[rows]) for name, rows in index.items()}
         self._use_parts(self.files_by_split)

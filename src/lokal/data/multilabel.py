@@ -19,9 +19,18 @@ from lokal.data.base import SplitDataModule, make_records
 from lokal.data.image import ImageFiles
 from lokal.data.labelled_files import LabelledFilesDataModule
 from lokal.data.resumable import length_grouped_loader
-from lokal.data.settings import CacheSettings, DataSettings, LoaderSettings, SplitSettings
+from lokal.data.settings import CacheSettings, DataSettings, LoaderSettings, SplitFileSettings, SplitSettings
 from lokal.data.splits import given_splits, multilabel_split_rows
-from lokal.data.tables import fold_text, read_table, require_columns
+from lokal.data.tables import (
+    FILE_SPLIT,
+    describe_source,
+    first_copies,
+    fold_text,
+    read_rows,
+    report_leaks,
+    row_ids,
+    source_identity,
+)
 from lokal.errors import LokalError
 
 log = logging.getLogger(__name__)
@@ -35,27 +44,28 @@ class MultiLabelTextDataModule(SplitDataModule):
     modality = "text"
     task = "multi_label"
 
-    settings = DataSettings(SplitSettings(), LoaderSettings(), CacheSettings())
+    settings = DataSettings(SplitSettings(), LoaderSettings(), CacheSettings(), files=SplitFileSettings())
 
     def __init__(self, path: str | None, text_column: str = "text", label_column: str | None = "labels",
                  label_columns: list[str] | None = None, label_separator: str | None = None,
                  labels: list[str] | None = None, table: str | None = None, encoding: str = "utf-8",
                  dedup: bool = True, split_column: str | None = None, **options) -> None:
-        """`options`: the shared settings (`settings`: split, loader and cache keys)."""
+        """`options`: the shared settings (`settings`: split, loader, cache and split-table keys)."""
         super().__init__(**options)
         self.path, self.text_column, self.split_column = path, text_column, split_column
+        self.where = describe_source(path, asdict(self.settings.files))
         self.tokenizer, self.max_length = None, 128
         self.stats: dict[str, int] = {}
-        frame = read_table(path, table, encoding)
-        require_columns(frame, read_columns({"text_column": text_column}, split_column, label_column, label_columns),
-                        path)
-        frame = frame.assign(_row=range(len(frame)), _id=[f"row {i}" for i in range(len(frame))])
+        columns = read_columns({"text_column": text_column}, split_column, label_column, label_columns)
+        frame = read_rows(path, table, encoding, columns, asdict(self.settings.files),
+                          labels=tuple(label_columns or [label_column]))
+        frame = frame.assign(_id=row_ids(frame))
         self.class_names, targets = label_targets(frame, label_column, label_columns, label_separator, labels,
-                                                  str(path))
+                                                  self.where)
         frame, targets = self._clean(frame, targets, dedup)
-        given = given_splits(frame[split_column], split_column, str(path)) if split_column else None
-        index = multilabel_split_rows(targets, self.class_names, where=str(path), given=given,
-                                      **asdict(self.settings.split))
+        given = _given(frame, split_column, self.where)
+        index = multilabel_split_rows(targets, self.class_names, where=self.where, given=given,
+                                      from_files=FILE_SPLIT in frame.columns, **asdict(self.settings.split))
         self.splits = {name: (frame.iloc[rows], targets[rows]) for name, rows in index.items()}
         self.stats |= {f"{name}_rows": len(rows) for name, rows in index.items()}
 
@@ -77,7 +87,8 @@ class MultiLabelTextDataModule(SplitDataModule):
 
     # -- loading -------------------------------------------------------------------------------
     def _clean(self, frame: pd.DataFrame, targets: np.ndarray, dedup: bool) -> tuple[pd.DataFrame, np.ndarray]:
-        """Empty texts go; with dedup, copies of a text keep one row, and copies with different
+        """Empty texts go; with dedup, copies of a text keep one row (from split tables the test,
+        then val copy: other copies are leakage, counted and logged), and copies with different
         label sets are dropped (which set is right is unknown)."""
         text = frame[self.text_column]
         keep = ~(text.isna() | (text.astype(str).str.strip() == "")).to_numpy()
@@ -86,25 +97,27 @@ class MultiLabelTextDataModule(SplitDataModule):
             key = pd.Series(fold_text(text.fillna("")).to_numpy())
             label_sets = pd.Series([row.tobytes() for row in targets])
             conflicting = key.map(label_sets.groupby(key).nunique()).to_numpy() > 1
-            first = ~key.duplicated().to_numpy()
+            first, leaked = first_copies(key, frame)
             self.stats["conflicting_dropped"] = int((keep & conflicting).sum())
-            self.stats["duplicates_dropped"] = int((keep & ~conflicting & ~first).sum())
+            self.stats["duplicates_dropped"] = int((keep & ~conflicting & ~first & ~leaked).sum())
+            if FILE_SPLIT in frame.columns:
+                self.stats |= report_leaks(frame, keep & leaked & ~conflicting, "exact", self.where)
             keep &= first & ~conflicting
         if not keep.any():
-            raise LokalError(f"{self.path}: no usable rows (empty texts in column {self.text_column!r}?)")
+            raise LokalError(f"{self.where}: no usable rows (empty texts in column {self.text_column!r}?)")
         self.stats["rows"] = int(keep.sum())
         return frame[keep].reset_index(drop=True), targets[keep]
 
     # -- Lightning hooks -------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        from lokal.data.cache import encode_texts, file_identity
+        from lokal.data.cache import encode_texts
 
         if self.tokenizer is None:
             raise RuntimeError("call use_model(model) before setup: the tokenizer comes from the model")
         if hasattr(self, "datasets"):
             return
         cache_dir = self.settings.cache.folder
-        source = file_identity(self.path) if cache_dir else ""
+        source = source_identity(self.path, asdict(self.settings.files)) if cache_dir else ""
         self.datasets = {}
         for name in self.splits:
             rows = encode_texts(self.tokenizer, self.texts(name), self.max_length, cache_dir, source)
@@ -117,6 +130,13 @@ class MultiLabelTextDataModule(SplitDataModule):
         return length_grouped_loader(self.datasets[split], train, self.settings.split.seed,
                                      collate_fn=TextCollate(self.tokenizer, self.max_length),
                                      **self.settings.loader.kwargs())
+
+
+def _given(frame: pd.DataFrame, split_column: str | None, where: str) -> np.ndarray | None:
+    """Each row's split from the split column or the split table it came from; None: split by seed."""
+    if split_column:
+        return given_splits(frame[split_column], split_column, where)
+    return frame[FILE_SPLIT].to_numpy() if FILE_SPLIT in frame.columns else None
 
 
 def read_columns(content: dict[str, str], split_column: str | None, label_column: str | None,
@@ -186,37 +206,38 @@ class MultiLabelFilesDataModule(LabelledFilesDataModule):
 
     task = "multi_label"
 
-    settings = DataSettings(SplitSettings(), LoaderSettings(), CacheSettings())  # no classes to balance
+    settings = DataSettings(SplitSettings(), LoaderSettings(), CacheSettings(), files=SplitFileSettings())  # no classes
 
     def __init__(self, path: str | None, file_column: str = "file", label_column: str | None = "labels",
                  label_columns: list[str] | None = None, label_separator: str | None = None,
                  labels: list[str] | None = None, root: str | None = None, table: str | None = None,
                  encoding: str = "utf-8", split_column: str | None = None, bad_files: str = "fail",
                  augment: dict | None = None, **options) -> None:
-        """`options`: the shared settings (`settings`: split, loader and cache keys)."""
+        """`options`: the shared settings (`settings`: split, loader, cache and split-table keys)."""
         from lokal.data.files import table_modality
         from lokal.data.tables import require_values, with_paths
 
         super().__init__(bad_files, **options)
-        frame = read_table(path, table, encoding)
-        require_columns(frame, read_columns({"file_column": file_column}, split_column, label_column, label_columns),
-                        path)
-        frame = frame.assign(_row=range(len(frame)))
-        require_values(frame, {"file_column": file_column}, path)
-        self.root, frame = with_paths(frame.assign(_id=frame[file_column].astype(str).str.strip()), root, path)
-        if table_modality(frame, file_column, str(path)) != "image":
-            raise LokalError(f"{path}: multi-label tables read images so far; for audio labels use data=file_table")
+        where = describe_source(path, asdict(self.settings.files))
+        columns = read_columns({"file_column": file_column}, split_column, label_column, label_columns)
+        frame = read_rows(path, table, encoding, columns, asdict(self.settings.files),
+                          labels=tuple(label_columns or [label_column]))
+        require_values(frame, {"file_column": file_column}, where)
+        self.root, frame = with_paths(frame.assign(_id=frame[file_column].astype(str).str.strip()), root,
+                                      path or self.settings.files.train_path)
+        if table_modality(frame, file_column, where) != "image":
+            raise LokalError(f"{where}: multi-label tables read images so far; for audio labels use data=file_table")
         self.path, self.split_column, self.content = path, split_column, ImageFiles(augment)
         self.label_options = (label_column, label_columns, label_separator, labels)
-        self._prepare(frame, str(path))
+        self._prepare(frame, where)
 
     def _prepare(self, frame: pd.DataFrame, where: str) -> None:
         """Check the files, read the label sets, split by iterative stratification."""
         frame = self._check_files(frame, where).reset_index(drop=True)
         self.class_names, targets = label_targets(frame, *self.label_options, where)
-        given = given_splits(frame[self.split_column], self.split_column, where) if self.split_column else None
-        index = multilabel_split_rows(targets, self.class_names, where=where, given=given,
-                                      **asdict(self.settings.split))
+        index = multilabel_split_rows(targets, self.class_names, where=where,
+                                      given=_given(frame, self.split_column, where),
+                                      from_files=FILE_SPLIT in frame.columns, **asdict(self.settings.split))
         self.targets = {name: targets[rows] for name, rows in index.items()}
         vectors = [torch.as_tensor(row, dtype=torch.float32) for row in targets]  # (L,) each: batches stack to (B, L)
         frame = frame.assign(_y=vectors, _label=joined_label_sets(targets, self.class_names))

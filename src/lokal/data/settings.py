@@ -1,8 +1,9 @@
 """The options data modules share, as one typed object: `DataSettings` groups how rows are split
-(`HoldoutSettings`, or `SplitSettings` with k-fold), how batches are loaded (`LoaderSettings`),
-where decoded data is cached (`CacheSettings`) and which classes train, how often
-(`LabelSettings`). Each module states the groups it takes and its defaults as a class attribute
-(`settings = DataSettings(...)`); a group it lacks is None, so its keys fail by name.
+(`HoldoutSettings`, or `SplitSettings` with k-fold), which tables hold which split
+(`SplitFileSettings`, table modules), how batches are loaded (`LoaderSettings`), where decoded
+data is cached (`CacheSettings`) and which classes train, how often (`LabelSettings`). Each
+module states the groups it takes and its defaults as a class attribute (`settings =
+DataSettings(...)`); a group it lacks is None, so its keys fail by name.
 
 Configs keep these as flat keys (`data.batch_size=16`, `data.folds=5`; conf/data/settings/ holds
 one file per group), so saved run configs load as they are: a module takes them as keywords and
@@ -77,6 +78,16 @@ class SplitSettings(HoldoutSettings):
 
 
 @dataclass(frozen=True, kw_only=True)
+class SplitFileSettings:
+    """One table per split, named (`data.path=DIR` finds them by name instead: train, val / valid /
+    dev, test; lokal.data.tables.split_files). A missing val or test table is carved from train."""
+
+    train_path: str | None = None
+    val_path: str | None = None
+    test_path: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class LoaderSettings:
     """How batches are loaded; pin_memory speeds host-to-GPU copies."""
 
@@ -124,6 +135,7 @@ class DataSettings:
     loader: LoaderSettings = LoaderSettings()
     cache: CacheSettings | None = None
     labels: LabelSettings | None = None
+    files: SplitFileSettings | None = None
 
     def groups(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}

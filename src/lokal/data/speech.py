@@ -23,9 +23,9 @@ from lokal.data.audio_augment import AudioAugment, SpecAugment
 from lokal.data.base import SplitDataModule, make_records
 from lokal.data.labelled_files import bad_files_message, check_bad_files
 from lokal.data.resumable import resumable_loader
-from lokal.data.settings import DataSettings, HoldoutSettings, LoaderSettings
+from lokal.data.settings import DataSettings, HoldoutSettings, LoaderSettings, SplitFileSettings
 from lokal.data.splits import split_rows
-from lokal.data.tables import read_table, require_columns, require_values, tag_rows, wanted_columns, with_paths
+from lokal.data.tables import describe_source, read_rows, require_values, tag_rows, wanted_columns, with_paths
 from lokal.errors import LokalError
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,8 @@ class SpeechDataModule(SplitDataModule):
     modality = "audio"
     task = "speech_recognition"
 
-    settings = DataSettings(HoldoutSettings(val_fraction=0.1, test_fraction=0.1), LoaderSettings(batch_size=8))
+    settings = DataSettings(HoldoutSettings(val_fraction=0.1, test_fraction=0.1), LoaderSettings(batch_size=8),
+                            files=SplitFileSettings())
 
     def __init__(
         self,
@@ -64,6 +65,7 @@ class SpeechDataModule(SplitDataModule):
         """`options`: the shared settings (`settings`: split and loader keys; no k-fold)."""
         super().__init__(**options)
         self.path, self.table, self.encoding = path, table, encoding
+        self.where = describe_source(path, asdict(self.settings.files))
         self.file_column, self.text_column = file_column, text_column
         self.group_column, self.split_column = group_column, split_column
         self.metadata_columns = list(metadata_columns or [])
@@ -75,31 +77,30 @@ class SpeechDataModule(SplitDataModule):
         self.max_label_tokens = 448
         self.class_names: list[str] = []  # no classes: transcripts are the targets
         self.stats: dict[str, int] = {}
-        self.root, frame = with_paths(self._listing(), root, path)
+        self.root, frame = with_paths(self._listing(), root, path or self.settings.files.train_path)
         self.parts = self._split(self._keep_usable(frame))
 
     # -- reading the table -------------------------------------------------------------------
     def _listing(self) -> pd.DataFrame:
-        frame = read_table(self.path, self.table, self.encoding)
         columns = wanted_columns({"file_column": self.file_column, "text_column": self.text_column},
                                  self.group_column, self.split_column, self.metadata_columns)
-        require_columns(frame, columns, self.path)
-        frame = frame[list(dict.fromkeys(columns.values()))].assign(_row=range(len(frame)))
+        frame = read_rows(self.path, self.table, self.encoding, columns, asdict(self.settings.files),
+                          labels=(self.text_column,))
         self.stats["rows"] = len(frame)
-        require_values(frame, {"file_column": self.file_column}, self.path)
+        require_values(frame, {"file_column": self.file_column}, self.where)
         files = frame[self.file_column].astype(str).str.strip()
         texts = frame[self.text_column].fillna("").astype(str).str.strip()
         blank = texts == ""
         self.stats["empty_dropped"] = int(blank.sum())
         if blank.all():
-            raise LokalError(f"{self.path}: every row has an empty {self.text_column!r} (data.text_column); "
+            raise LokalError(f"{self.where}: every row has an empty {self.text_column!r} (data.text_column); "
                              "a transcript per recording is needed")
         frame = frame.assign(_text=texts)[~blank]
-        frame = tag_rows(frame.assign(_label="speech"), "_label", self.group_column, self.split_column, str(self.path))
+        frame = tag_rows(frame.assign(_label="speech"), "_label", self.group_column, self.split_column, self.where)
         return frame.assign(_id=files[~blank].to_numpy())
 
     def _split(self, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
-        index = split_rows(np.full(len(frame), "speech"), where=str(self.path), groups=frame.get("_group"),
+        index = split_rows(np.full(len(frame), "speech"), where=self.where, groups=frame.get("_group"),
                            given=frame.get("_given"), **asdict(self.settings.split))
         parts = {name: frame.iloc[rows].reset_index(drop=True) for name, rows in index.items()}
         self.stats |= {f"{name}_rows": len(part) for name, part in parts.items()}
@@ -114,7 +115,7 @@ class SpeechDataModule(SplitDataModule):
         bad = np.array([r is not None for r in reasons])
         names = "row " + frame["_row"].astype(str) + ": " + frame["_id"]
         if bad.any() and self.bad_files == "fail":
-            raise LokalError(bad_files_message(names[bad], pd.Series(reasons, index=frame.index)[bad], str(self.path)))
+            raise LokalError(bad_files_message(names[bad], pd.Series(reasons, index=frame.index)[bad], self.where))
         for name, reason in zip(names[bad], pd.Series(reasons, index=frame.index)[bad], strict=True):
             log.warning("%s: %s; left out (data.bad_files=skip)", name, reason)
         self.stats["bad_files"] = int(bad.sum())
@@ -131,7 +132,7 @@ class SpeechDataModule(SplitDataModule):
             self.stats["duplicates_dropped"] = int(key.duplicated().sum())
             frame = frame[~key.duplicated().to_numpy()]
         if frame.empty:
-            raise LokalError(f"{self.path}: no usable recording is left (see the log); check data.root and the files")
+            raise LokalError(f"{self.where}: no usable recording is left (see the log); check data.root and the files")
         return frame.reset_index(drop=True)
 
     # -- what the rest of lokal reads ----------------------------------------------------------
@@ -152,7 +153,7 @@ class SpeechDataModule(SplitDataModule):
                 self.parts[name] = part[~too_long].reset_index(drop=True)
                 self.stats[f"{name}_rows"] = len(self.parts[name])
                 if self.parts[name].empty:
-                    raise LokalError(f"{self.path}: no {name} recording fits the model's {seconds:g} s window")
+                    raise LokalError(f"{self.where}: no {name} recording fits the model's {seconds:g} s window")
 
     def texts(self, split: str) -> list[str]:
         return self.parts[split]["_text"].tolist()

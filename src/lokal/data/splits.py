@@ -85,15 +85,20 @@ def split_rows(
     given: Sequence[str] | None = None,
     folds: int = 0,
     fold: int = 0,
+    from_files: bool = False,
 ) -> dict[str, np.ndarray]:
     """Row indices per split. `given` (train/val/test per row) wins; else k-fold when
-    `folds` >= 2; else a held-out split by seed. With `groups`, every split is group-aware."""
+    `folds` >= 2; else a held-out split by seed. With `groups`, every split is group-aware.
+    `from_files`: `given` says which split table a row came from; k-fold folds over those
+    (files_kfold) where a split column would contradict it."""
     check_fractions(val_fraction, test_fraction)
     labels = np.asarray(labels, dtype=str)
     groups = None if groups is None else np.asarray(groups, dtype=str)
-    if folds and given is not None:
+    if folds and given is not None and not from_files:
         raise LokalError(f"{where}: data.folds={folds} makes its own test folds, so it cannot be combined with "
                          "data.split_column; unset one of them")
+    if folds and given is not None:
+        return files_kfold(labels, groups, np.asarray(given, dtype=str), folds, fold, val_fraction, seed, where)
     if folds:
         return kfold_split(labels, groups, folds, fold, val_fraction, seed, where)
     if given is not None:
@@ -172,6 +177,25 @@ def kfold_split(labels: np.ndarray, groups: np.ndarray | None, folds: int, fold:
     rest = np.setdiff1d(index, test)
     inner = holdout_split(labels[rest], None if groups is None else groups[rest], val_fraction, 0.0, seed, where)
     return {"train": rest[inner["train"]], "val": rest[inner["val"]], "test": test}
+
+
+def files_kfold(labels: np.ndarray, groups: np.ndarray | None, given: np.ndarray, folds: int, fold: int,
+                val_fraction: float, seed: int, where: str) -> dict[str, np.ndarray]:
+    """k-fold over split tables. A test table stays the test split of every fold (a benchmark's
+    test set is never trained on) and the folds run over the train and val tables' rows: val
+    = fold `fold`, train = the rest. Without a test table the tables are pooled and folded as
+    one table would be (test = fold `fold`, val carved from the rest)."""
+    test = np.flatnonzero(given == "test")
+    if not len(test):
+        log.info("%s: k-fold over the train and val tables pooled (no test table): test = fold %d", where, fold)
+        return kfold_split(labels, groups, folds, fold, val_fraction, seed, where)
+    pool = np.flatnonzero(given != "test")
+    inner = kfold_split(labels[pool], None if groups is None else groups[pool], folds, fold, 0.0, seed, where)
+    split = {"train": pool[inner["train"]], "val": pool[inner["test"]], "test": test}
+    log.info("%s: k-fold over the train and val tables (%d rows, val = fold %d); the test table is every fold's "
+             "test split", where, len(pool), fold)
+    _check_train_has_every_class(labels, split, where)
+    return split
 
 
 def _check_folds(labels: np.ndarray, groups: np.ndarray | None, folds: int, fold: int, where: str) -> None:
@@ -295,16 +319,22 @@ def known_classes(labels: pd.Series, classes: Sequence | None, ids: pd.Series, w
 # -- multi-label ---------------------------------------------------------------------------------
 def multilabel_split_rows(targets: np.ndarray, names: list[str], val_fraction: float, test_fraction: float,
                           seed: int, where: str, given: Sequence[str] | None = None, folds: int = 0,
-                          fold: int = 0) -> dict[str, np.ndarray]:
+                          fold: int = 0, from_files: bool = False) -> dict[str, np.ndarray]:
     """Row indices per split for (N, L) 0/1 targets, by iterative stratification (Sechidis et al.
     2011; the iterative-stratification package): every label keeps its share in each split. As
-    `split_rows`: `given` wins, else k-fold, else held out by seed; val is carved from the rest."""
+    `split_rows`: `given` wins, else k-fold, else held out by seed; val is carved from the rest.
+    k-fold over split tables (`from_files`) keeps a test table fixed, as `files_kfold`."""
     check_fractions(val_fraction, test_fraction)
     index = np.arange(len(targets))
-    if folds and given is not None:
+    if folds and given is not None and not from_files:
         raise LokalError(f"{where}: data.folds={folds} makes its own test folds, so it cannot be combined with "
                          "data.split_column; unset one of them")
-    if folds:
+    fixed_test = np.flatnonzero(np.asarray(given) == "test") if folds and given is not None else index[:0]
+    if len(fixed_test):
+        pool = np.setdiff1d(index, fixed_test)
+        inner = _multilabel_folds(targets[pool], folds, fold, 0.0, seed)
+        split = {"train": pool[inner["train"]], "val": pool[inner["test"]], "test": fixed_test}
+    elif folds:
         split = _multilabel_folds(targets, folds, fold, val_fraction, seed)
     elif given is not None:
         split = {name: np.flatnonzero(np.asarray(given) == name) for name in SPLITS}

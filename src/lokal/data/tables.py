@@ -1,11 +1,14 @@
-"""Reading the user's tables (CSV, TSV, JSONL, Parquet, SQLite) and the columns every
-table-based data module shares; light imports only (pandas), so the audit starts fast."""
+"""Reading the user's tables (CSV, TSV, JSONL, Parquet, SQLite), one table or one per split
+(`data.path=DIR` holding train.csv / valid.tsv / test.csv, or `data.train_path` ...), and the
+columns every table-based data module shares; light imports only (pandas), so the audit starts
+fast."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from lokal.data.splits import given_splits, label_strings
@@ -14,6 +17,10 @@ from lokal.errors import LokalError
 log = logging.getLogger(__name__)
 LABEL = "_label"  # the label as a string, as the user wrote it (before label_names)
 READERS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet", ".db": "sqlite", ".sqlite": "sqlite"}
+# split tables in a folder, by file name (stem): IndoNLU writes valid, Hugging Face validation, others dev
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test"}
+SOURCE, FILE_SPLIT = "_source", "_file_split"  # split tables: the file a row came from, and its split
+KEEP_ORDER = {"test": 0, "val": 1, "train": 2}  # a text in two split tables stays in the first of these
 
 
 def read_table(path: str | None, table: str | None = None, encoding: str = "utf-8") -> pd.DataFrame:
@@ -81,6 +88,143 @@ def _read_jsonl(file: Path, encoding: str) -> pd.DataFrame:
                 raise LokalError(f"{file}: line {number} {problem}: {line.strip()[:80]!r}; JSON Lines needs one "
                                  "object per line, e.g. {\"text\": \"...\", \"label\": \"...\"}") from None
         raise
+
+
+def split_files(path: str | None, train_path: str | None = None, val_path: str | None = None,
+                test_path: str | None = None) -> dict[str, Path] | None:
+    """{split: table} when the data comes as one table per split: named by data.train_path /
+    data.val_path / data.test_path, or found by name in the folder data.path. None: one table."""
+    named = {split: p for split, p in (("train", train_path), ("val", val_path), ("test", test_path)) if p}
+    if named:
+        if path:
+            raise LokalError(f"data.path={path} and data.{next(iter(named))}_path={next(iter(named.values()))} "
+                             "are both set: give the folder (data.path=DIR) or the tables one by one, not both")
+        if "train" not in named:
+            raise LokalError(f"data.{next(iter(named))}_path is set but data.train_path is not: name the training "
+                             "table too (a missing val or test table is carved from train, never train)")
+        for split, file in named.items():
+            if not Path(file).is_file():
+                raise LokalError(f"data.{split}_path={file} does not exist (looked in {Path(file).resolve().parent})")
+        return {split: Path(file) for split, file in named.items()}
+    if path and Path(path).is_dir():
+        return find_split_files(Path(path))
+    return None
+
+
+def find_split_files(folder: Path) -> dict[str, Path]:
+    """The split tables of `folder` by name (train, val / valid / validation / dev, test; any
+    format read_table reads); other files are ignored and named. Two tables for one split, or
+    no train table, is an error naming the files and the fix."""
+    found: dict[str, list[Path]] = {}
+    others = []
+    for file in sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")):
+        split = SPLIT_NAMES.get(file.stem.lower()) if file.suffix.lower() in READERS else None
+        if split:
+            found.setdefault(split, []).append(file)
+        else:
+            others.append(file.name)
+    for split, files in found.items():
+        if len(files) > 1:
+            names = " and ".join(f.name for f in files)
+            raise LokalError(f"{folder}: {names} are all the {split} table; keep one (rename or move the others), "
+                             f"or name each table: data.train_path=... data.val_path=... data.test_path=...")
+    if "train" not in found:
+        raise LokalError(no_train_table(folder, found, others))
+    if others:
+        log.info("%s: not a split table, ignored: %s", folder, ", ".join(others[:10]))
+    return {split: found[split][0] for split in ("train", "val", "test") if split in found}
+
+
+def no_train_table(folder: Path, found: dict[str, list[Path]], others: list[str]) -> str:
+    """What a folder without a train table holds, and what to do."""
+    tables = [f.name for files in found.values() for f in files] + [o for o in others if Path(o).suffix in READERS]
+    fix = ("name the training table train.EXT (val / valid / dev and test optional; EXT one of "
+           f"{', '.join(READERS)}), give one table as data.path=FILE, or name the tables with data.train_path=... "
+           "data.val_path=... data.test_path=...")
+    if not tables:
+        return (f"data.path={folder} is a folder, not a table, and holds no split tables (train.csv, valid.tsv, "
+                f"test.csv, ...): {fix}; for class folders of images or recordings use data=image_folder (or "
+                "audio_folder) data.root=DIR")
+    return f"data.path={folder}: no train table among {', '.join(tables[:10])}: {fix}"
+
+
+def read_rows(path: str | None, table: str | None, encoding: str, columns: dict[str, str],
+              files: dict[str, str | None] | None = None, labels: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The rows a table module reads: the columns `columns` names (config key -> column) and
+    `_row`, each row's 0-based data row in its file. From split tables (`files`: the
+    SplitFileSettings keys, or data.path=DIR) also `_source` (the file's name) and `_file_split`
+    (train, val, test); a val or test table with none of the `labels` columns (Kaggle's
+    unlabelled test.csv) cannot be scored, so it is left out with a warning."""
+    tables = split_files(path, **(files or {}))
+    wanted = list(dict.fromkeys(columns.values()))
+    if tables is None:
+        frame = read_table(path, table, encoding)
+        require_columns(frame, columns, path)
+        return frame[wanted].assign(_row=range(len(frame)))
+    if "split_column" in columns:
+        listed = ", ".join(f.name for f in tables.values())
+        raise LokalError(f"data.split_column={columns['split_column']} and split tables ({listed}) both say which "
+                         "split a row is in: unset data.split_column, or give one table with data.path=FILE")
+    names = _source_names(tables)
+    parts = []
+    for split, file in tables.items():
+        frame = read_table(str(file), table, encoding)
+        if split != "train" and labels and not set(labels) & set(frame.columns):
+            log.warning("%s has no label column %s: it cannot be scored, so it is left out (the %s split is carved "
+                        "from train); predict on it with lokal predict RUN %s", file, list(labels), split, file)
+            continue
+        require_columns(frame, columns, file)
+        parts.append(frame[wanted].assign(_row=range(len(frame)), **{SOURCE: names[split], FILE_SPLIT: split}))
+    log.info("split tables: %s", ", ".join(f"{names[s]} ({s})" for s in tables))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _source_names(tables: dict[str, Path]) -> dict[str, str]:
+    """Each table's file name, or its whole path where two split tables share a name."""
+    names = [f.name for f in tables.values()]
+    return {split: f.name if names.count(f.name) == 1 else str(f) for split, f in tables.items()}
+
+
+def describe_source(path: str | None, files: dict[str, str | None] | None) -> str:
+    """The data's name in messages: data.path, or the named split tables joined by +."""
+    named = [p for p in (files or {}).values() if p]
+    return " + ".join(named) if named and not path else str(path)
+
+
+def source_identity(path: str | None, files: dict[str, str | None] | None) -> str:
+    """What cached token ids depend on besides the texts: every table's path, size and mtime."""
+    from lokal.data.cache import file_identity
+
+    tables = split_files(path, **(files or {}))
+    return "|".join(file_identity(f) for f in (tables.values() if tables else [path]))
+
+
+def first_copies(key: pd.Series, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(first: each row is its `key`'s first copy; leaked: a later copy whose first copy sits in
+    another split table). From split tables the first copy is the one in test, then val, then
+    train: the evaluation tables stay as they are (a benchmark's test set stays comparable) and
+    the training copy goes, so no text is in two splits."""
+    key = pd.Series(key.to_numpy())
+    if FILE_SPLIT not in frame.columns:
+        return ~key.duplicated().to_numpy(), np.zeros(len(key), dtype=bool)
+    splits = pd.Series(frame[FILE_SPLIT].to_numpy())
+    order = np.argsort(splits.map(KEEP_ORDER).to_numpy(), kind="stable")
+    first = np.empty(len(key), dtype=bool)
+    first[order] = ~key.iloc[order].duplicated().to_numpy()
+    kept_split = key.map(pd.Series(splits[first].to_numpy(), index=key[first].to_numpy()))
+    return first, (~first & (kept_split != splits)).to_numpy()
+
+
+def report_leaks(frame: pd.DataFrame, leaked: np.ndarray, kind: str, where: str) -> dict[str, int]:
+    """Log each pair of split tables that share texts and drop the copies (`kind`: exact, near)
+    from the training side; the counts for metrics.json (data/leaked_<kind>_dropped)."""
+    if leaked.any():
+        rows = frame[leaked]
+        for source, part in rows.groupby(SOURCE, sort=False):
+            log.warning("%s: %d rows of %s are %s copies of rows in another split table (the test, then val copy "
+                        "stays): dropped from %s so no text is in two splits (e.g. %s); lokal audit %s lists them",
+                        where, len(part), source, kind, source, ", ".join(row_ids(part)[:5]), where)
+    return {f"leaked_{kind}_dropped": int(leaked.sum())}
 
 
 def write_table(frame: pd.DataFrame, path: Path) -> Path:
@@ -155,7 +299,7 @@ def tag_rows(frame: pd.DataFrame, label_column: str, group_column: str | None, s
     """Add the columns the splits and records() read: _id ("row N"), _label (after `label_map`,
     which merges spellings of one class), _group, _given."""
     frame = frame.reset_index(drop=True)
-    frame["_id"] = "row " + frame["_row"].astype(str)
+    frame["_id"] = row_ids(frame)
     frame[LABEL] = map_labels(frame[label_column], label_map)
     if group_column:
         blank = frame[group_column].isna()
@@ -165,7 +309,15 @@ def tag_rows(frame: pd.DataFrame, label_column: str, group_column: str | None, s
         frame["_group"] = label_strings(frame[group_column])
     if split_column:
         frame["_given"] = given_splits(frame[split_column], split_column, where)
+    elif FILE_SPLIT in frame.columns:
+        frame["_given"] = frame[FILE_SPLIT].to_numpy()
     return frame
+
+
+def row_ids(frame: pd.DataFrame) -> pd.Series:
+    """ "row N" (N: the 0-based data row of the file); from split tables "train.csv row N"."""
+    rows = "row " + frame["_row"].astype(str)
+    return frame[SOURCE] + " " + rows if SOURCE in frame.columns else rows
 
 
 def map_labels(labels: pd.Series, label_map: dict | None) -> pd.Series:
@@ -185,7 +337,8 @@ def resolve(root: Path, file: str) -> Path:
 
 
 def with_paths(frame: pd.DataFrame, root: str | None, path: str) -> tuple[Path, pd.DataFrame]:
-    """(the folder relative paths start from: `root`, else the table's folder; `frame` with a
-    `path` column: each `_id`, the file as the table wrote it, resolved against that folder)."""
-    folder = Path(root) if root else Path(path).parent
+    """(the folder relative paths start from: `root`, else the table's folder (`path` a folder
+    of split tables: that folder); `frame` with a `path` column: each `_id`, the file as the
+    table wrote it, resolved against that folder)."""
+    folder = Path(root) if root else Path(path) if Path(path).is_dir() else Path(path).parent
     return folder, frame.assign(path=[str(resolve(folder, f)) for f in frame["_id"]])

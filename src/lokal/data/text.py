@@ -5,15 +5,36 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 
+import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader
 
 from lokal.data.augment import TextAugment, from_config
 from lokal.data.base import SplitDataModule, balanced_sampler, make_records, record_extras
 from lokal.data.resumable import length_grouped_loader
-from lokal.data.settings import CacheSettings, DataSettings, LabelSettings, LoaderSettings, SplitSettings
+from lokal.data.settings import (
+    CacheSettings,
+    DataSettings,
+    LabelSettings,
+    LoaderSettings,
+    SplitFileSettings,
+    SplitSettings,
+)
 from lokal.data.splits import known_classes, split_rows
-from lokal.data.tables import LABEL, fold_text, map_labels, read_table, require_columns, tag_rows, wanted_columns
+from lokal.data.tables import (
+    FILE_SPLIT,
+    KEEP_ORDER,
+    LABEL,
+    describe_source,
+    first_copies,
+    fold_text,
+    map_labels,
+    read_rows,
+    report_leaks,
+    source_identity,
+    tag_rows,
+    wanted_columns,
+)
 from lokal.errors import LokalError
 
 log = logging.getLogger(__name__)
@@ -22,12 +43,13 @@ PII = (None, "redact", "drop")
 
 
 class TextDataModule(SplitDataModule):
-    """Reads the table once, drops empty and duplicate texts, splits by seed (stratified, or
-    group-aware, user-given or k-fold), tokenises once."""
+    """Reads the table (or one table per split) once, drops empty and duplicate texts (a text in
+    two split tables keeps its evaluation copy), splits by seed (stratified, or group-aware,
+    user-given or k-fold), tokenises once."""
 
     modality = "text"
 
-    settings = DataSettings(SplitSettings(), LoaderSettings(), CacheSettings(), LabelSettings())
+    settings = DataSettings(SplitSettings(), LoaderSettings(), CacheSettings(), LabelSettings(), SplitFileSettings())
 
     def __init__(
         self,
@@ -47,9 +69,10 @@ class TextDataModule(SplitDataModule):
         augment: dict | None = None,
         **options,
     ) -> None:
-        """`options`: the shared settings (`settings`: split, loader, cache and labels keys)."""
+        """`options`: the shared settings (`settings`: split, loader, cache, labels and split-table keys)."""
         super().__init__(**options)
         self.path, self.table, self.encoding = path, table, encoding
+        self.where = describe_source(path, asdict(self.settings.files))
         self.text_column, self.label_column = text_column, label_column
         self.group_column, self.split_column = group_column, split_column
         self.metadata_columns = list(metadata_columns or [])
@@ -61,7 +84,7 @@ class TextDataModule(SplitDataModule):
         self.tokenizer, self.max_length = None, 128
         self.stats: dict[str, int] = {}
         self.frame = self._load()
-        self.classes = known_classes(self.frame[LABEL], self.settings.labels.classes, self.frame["_id"], str(path))
+        self.classes = known_classes(self.frame[LABEL], self.settings.labels.classes, self.frame["_id"], self.where)
         self.class_names = [self.label_names.get(c, c) for c in self.classes]
         self.splits = self._split()
 
@@ -81,11 +104,10 @@ class TextDataModule(SplitDataModule):
 
     # -- loading -------------------------------------------------------------
     def _load(self) -> pd.DataFrame:
-        frame = read_table(self.path, self.table, self.encoding)
         columns = wanted_columns({"text_column": self.text_column, "label_column": self.label_column},
                                  self.group_column, self.split_column, self.metadata_columns)
-        require_columns(frame, columns, self.path)
-        frame = frame[list(dict.fromkeys(columns.values()))].assign(_row=range(len(frame)))
+        frame = read_rows(self.path, self.table, self.encoding, columns, asdict(self.settings.files),
+                          labels=(self.label_column,))
         frame = self._drop_empty(frame)
         if self.label_map:  # before dedup: "Negative" and "negative" on one text are one label, not a conflict
             frame[self.label_column] = map_labels(frame[self.label_column], self.label_map)
@@ -96,7 +118,7 @@ class TextDataModule(SplitDataModule):
             frame = self._drop_duplicates(frame)
         if self.dedup == "near":
             frame = self._drop_near_duplicates(frame)
-        return tag_rows(frame, self.label_column, self.group_column, self.split_column, str(self.path))
+        return tag_rows(frame, self.label_column, self.group_column, self.split_column, self.where)
 
     def _drop_empty(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Rows with no text or no label teach nothing: drop and count them; none left is an error."""
@@ -107,24 +129,28 @@ class TextDataModule(SplitDataModule):
         dropped = ((empty, "empty text", self.text_column), (unlabelled, "no label", self.label_column))
         for rows, what, column in dropped:
             if rows.any():
-                log.warning("%s: dropped %d rows with %s in column %r (e.g. %s)", self.path, int(rows.sum()), what,
+                log.warning("%s: dropped %d rows with %s in column %r (e.g. %s)", self.where, int(rows.sum()), what,
                             column, ", ".join(f"row {r}" for r in frame["_row"][rows][:5]))
         kept = frame[~empty & ~unlabelled]
         if kept.empty:
-            raise LokalError(f"{self.path}: no usable rows: {int(empty.sum())} have empty text in column "
+            raise LokalError(f"{self.where}: no usable rows: {int(empty.sum())} have empty text in column "
                              f"{self.text_column!r} and {int(unlabelled.sum())} no label in column "
                              f"{self.label_column!r}; check data.text_column / data.label_column")
         return kept.assign(**{self.text_column: kept[self.text_column].astype(str)})
 
     def _drop_duplicates(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Drop texts equal after lowercasing and whitespace folding, before any split: a copy
-        in both train and test would inflate the test score."""
+        in both train and test would inflate the test score. From split tables the copy in
+        test (then val) stays and copies in other tables are counted and logged as leakage."""
         key = fold_text(frame[self.text_column])
         labels_per_text = frame.groupby(key)[self.label_column].nunique()
-        conflicting = key.isin(labels_per_text[labels_per_text > 1].index)
-        kept = frame[~key.duplicated() & ~conflicting]
-        self.stats |= {"duplicates_dropped": int((~conflicting).sum() - len(kept)),
+        conflicting = key.isin(labels_per_text[labels_per_text > 1].index).to_numpy()
+        first, leaked = first_copies(key, frame)
+        kept = frame[first & ~conflicting]
+        self.stats |= {"duplicates_dropped": int((~conflicting & ~first & ~leaked).sum()),
                        "conflicting_dropped": int(conflicting.sum())}
+        if FILE_SPLIT in frame.columns:
+            self.stats |= report_leaks(frame, leaked & ~conflicting, "exact", self.where)
         log.info("dropped %d duplicate rows and %d rows whose text has conflicting labels (%d kept)",
                  self.stats["duplicates_dropped"], self.stats["conflicting_dropped"], len(kept))
         return kept
@@ -151,18 +177,25 @@ class TextDataModule(SplitDataModule):
 
         groups = near_duplicate_groups(frame[self.text_column].tolist(), AuditSettings().text_threshold)
         labels = frame[self.label_column].to_numpy()
+        splits = frame[FILE_SPLIT].to_numpy() if FILE_SPLIT in frame.columns else None
         drop: list[int] = []
+        leaked = np.zeros(len(frame), dtype=bool)
         for group in groups:
             conflicting = len(set(labels[group])) > 1
+            if splits is not None and not conflicting:  # the evaluation copy stays, as with exact copies
+                group = sorted(group, key=lambda row: KEEP_ORDER[splits[row]])
+                leaked[group[1:]] = splits[group[1:]] != splits[group[0]]
             drop += group if conflicting else group[1:]
         self.stats["near_duplicates_dropped"] = len(drop)
+        if splits is not None:
+            self.stats |= report_leaks(frame, leaked, "near", self.where)
         log.info("dropped %d near-duplicate rows (%d kept)", len(drop), len(frame) - len(drop))
         return frame.drop(frame.index[drop])
 
     def _split(self) -> dict[str, pd.DataFrame]:
         frame = self.frame
-        index = split_rows(frame[LABEL], where=str(self.path), groups=frame.get("_group"), given=frame.get("_given"),
-                           **asdict(self.settings.split))
+        index = split_rows(frame[LABEL], where=self.where, groups=frame.get("_group"), given=frame.get("_given"),
+                           from_files=FILE_SPLIT in frame.columns, **asdict(self.settings.split))
         labels = frame[LABEL].map({name: i for i, name in enumerate(self.classes)}).to_numpy()
         frames = {name: frame.iloc[rows].assign(_y=labels[rows]) for name, rows in index.items()}
         self.stats |= {f"{name}_rows": len(f) for name, f in frames.items()}
@@ -181,13 +214,13 @@ class TextDataModule(SplitDataModule):
         time. With augment, training rows keep their text for the collate function to augment
         and tokenise afresh each epoch (their cached ids still give lengths for batching)."""
         from lokal.data.augment import normalize_slang
-        from lokal.data.cache import encode_texts, file_identity
+        from lokal.data.cache import encode_texts
 
         texts = frame[self.text_column].astype(str).tolist()
         if self.normalize_slang:
             texts = [normalize_slang(t) for t in texts]
         cache_dir = self.settings.cache.folder
-        source = f"{file_identity(self.path)}|{self.table}" if cache_dir else ""
+        source = f"{source_identity(self.path, asdict(self.settings.files))}|{self.table}" if cache_dir else ""
         rows = encode_texts(self.tokenizer, texts, self.max_length, cache_dir, source)
         keep = train and self.augment is not None
         # "index": the row's place in its split, so predictions from length-sorted batches can be put back in order

@@ -6,7 +6,8 @@ row). Removing the training copy decontaminates training and leaves the evaluati
 (a table without a split column) the choice does not matter. Every member of a group
 with conflicting labels goes: which label is right cannot be told from the data.
 The source is only read; the copy is built in a temporary folder next to --out and
-renamed onto it at the end, so a failed run leaves nothing half-written.
+renamed onto it at the end, so a failed run leaves nothing half-written. Split tables
+(train.csv, valid.tsv, test.csv, ...) come back as the same tables, each cleaned.
 """
 
 from __future__ import annotations
@@ -72,7 +73,9 @@ def _pii_actions(a: Analysis, pii: str, removed: set) -> list[tuple[int, str, st
 def check_out(out: Path, source: Source) -> Path:
     """--out must be new (or empty) and outside the source folder."""
     out = Path(out).resolve()
-    folder = source.path.resolve() if source.kind == "folder" else source.path.resolve().parent
+    folder = source.path.resolve() if source.kind == "folder" or source.files else source.path.resolve().parent
+    if source.files and out in {f.resolve().parent for f in source.files.values()}:
+        raise LokalError(f"--out {out} holds the source tables; write the copy somewhere else")
     if out == folder or (source.kind == "folder" and folder in out.parents):
         raise LokalError(f"--out {out} is inside the source folder {folder}; write the copy somewhere else")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -103,21 +106,39 @@ def write_clean(source: Source, a: Analysis, manifest: pd.DataFrame, out: Path, 
 
 def _write_text_table(source: Source, removed: pd.DataFrame, kept: pd.DataFrame, tmp: Path, pii: str) -> Path:
     """The user's whole table (every column, also rows the data module skipped) without the
-    removed rows; with pii=redact every text is redacted."""
+    removed rows; with pii=redact every text is redacted. Split tables: each of them."""
     from lokal.audit.pii import redact_series
 
-    table = _read_source_table(source)
-    table = table.drop(index=table.index[_row_numbers(removed["id"])])
-    if pii == "redact":
+    for file, gone, _ in _per_table(source, removed, kept):
+        table = _read_source_table(source, file)
+        table = table.drop(index=table.index[_row_numbers(gone["id"])])
         column = source.text_column
-        table[column] = redact_series(table[column].fillna("").astype(str)).where(table[column].notna(), None)
-    return _write_table(table, source, tmp)
+        if pii == "redact" and column in table.columns:
+            table[column] = redact_series(table[column].fillna("").astype(str)).where(table[column].notna(), None)
+        written = _write_table(table, source, file, tmp)
+    return tmp if source.files else written
+
+
+def _per_table(source: Source, removed: pd.DataFrame, kept: pd.DataFrame):
+    """(table, its removed records, its kept records) for each source table. A record's table is
+    its split's (a split carved from train: the train table's): ids are only unique per table."""
+    if not source.files:
+        return [(source.path, removed, kept)]
+    table_of = {split: source.files.get(split, source.files["train"]) for split in ("train", "val", "test")}
+    return [(file, removed[removed["split"].map(table_of) == file], kept[kept["split"].map(table_of) == file])
+            for file in source.files.values()]
 
 
 def _write_file_table(source: Source, removed: pd.DataFrame, kept: pd.DataFrame, tmp: Path, pii: str) -> Path:
-    """The table without removed rows, and a copy of each kept file; relative paths keep their
-    layout, absolute ones go under files/ (and the table points there)."""
-    table = _read_source_table(source)
+    """Each table without its removed rows, and a copy of each kept file; relative paths keep
+    their layout, absolute ones go under files/ (and the table points there)."""
+    for file, gone, staying in _per_table(source, removed, kept):
+        written = _write_one_file_table(source, file, gone, staying, tmp)
+    return tmp if source.files else written
+
+
+def _write_one_file_table(source: Source, file: Path, removed: pd.DataFrame, kept: pd.DataFrame, tmp: Path) -> Path:
+    table = _read_source_table(source, file)
     written = table[source.file_column].astype(str).str.strip()
     gone, staying = set(removed["id"]), set(kept["id"])
     # a path listed twice is one id: drop its later rows, not every row
@@ -132,7 +153,7 @@ def _write_file_table(source: Source, removed: pd.DataFrame, kept: pd.DataFrame,
             _copy(source_file, tmp / relative)
         new_paths.append(relative.as_posix())
     table[source.file_column] = new_paths
-    return _write_table(table, source, tmp)
+    return _write_table(table, source, file, tmp)
 
 
 def _write_folder(source: Source, removed: pd.DataFrame, kept: pd.DataFrame, tmp: Path, pii: str) -> Path:
@@ -147,10 +168,10 @@ def _copy(src: Path, dst: Path) -> None:
     shutil.copy2(src, dst)
 
 
-def _read_source_table(source: Source) -> pd.DataFrame:
+def _read_source_table(source: Source, file: Path) -> pd.DataFrame:
     from lokal.data.tables import read_table
 
-    return read_table(str(source.path), source.table)
+    return read_table(str(file), source.table)
 
 
 def _row_numbers(ids: pd.Series) -> list[int]:
@@ -158,12 +179,12 @@ def _row_numbers(ids: pd.Series) -> list[int]:
     return [int(i.split()[-1]) for i in ids]
 
 
-def _write_table(table: pd.DataFrame, source: Source, tmp: Path) -> Path:
-    """The same format as the source; SQLite becomes Parquet (one table, every column typed)."""
-    suffix = source.path.suffix.lower()
+def _write_table(table: pd.DataFrame, source: Source, file: Path, tmp: Path) -> Path:
+    """The same name and format as `file`; SQLite becomes Parquet (one table, every column typed)."""
+    suffix = file.suffix.lower()
     if suffix in (".db", ".sqlite"):
         suffix = ".parquet"
-    stem = source.table if suffix != source.path.suffix.lower() and source.table else source.path.stem
+    stem = source.table if suffix != file.suffix.lower() and source.table and not source.files else file.stem
     from lokal.data.tables import write_table
 
     return write_table(table, tmp / f"{stem}{suffix}")

@@ -1,5 +1,6 @@
 """What to audit: a data config (`data=NAME overrides...`, exactly what training would read,
-split included) or a path (a table, a table of file paths, or an image/audio folder, read as is).
+split included) or a path (a table, a table of file paths, a folder of split tables such as
+train.csv / valid.tsv / test.csv, or an image/audio folder, read as is).
 
 A `Source` keeps the records plus where they came from, so `lokal clean` can write a copy
 in the same layout.
@@ -30,6 +31,7 @@ class Source:
     file_column: str = "file"
     root: Path | None = None  # file tables: the folder relative paths start from
     notes: list[str] = field(default_factory=list)  # printed with the report, kept in audit.json
+    files: dict[str, Path] | None = None  # split tables (split -> table); `path` is then their folder
 
 
 # -- data=NAME ------------------------------------------------------------------------------
@@ -79,13 +81,25 @@ def from_module(module, name: str) -> Source:
                          "audit the file or folder directly: lokal audit PATH")
     records = module.records()
     modality = getattr(module, "modality", None) or _modality_of_paths(records)
+    files = _module_tables(module)
+    path = Path(module.path) if getattr(module, "path", None) else next(iter(files.values())).parent if files else None
     if modality == "text":
-        return Source("table", Path(module.path), name, modality, records, table=getattr(module, "table", None),
-                      text_column=getattr(module, "text_column", "text"))
+        return Source("table", path, name, modality, records, table=getattr(module, "table", None),
+                      text_column=getattr(module, "text_column", "text"), files=files)
     if hasattr(module, "file_column"):
-        return Source("file_table", Path(module.path), name, modality, records, table=getattr(module, "table", None),
-                      file_column=module.file_column, root=Path(module.root))
+        return Source("file_table", path, name, modality, records, table=getattr(module, "table", None),
+                      file_column=module.file_column, root=Path(module.root), files=files)
     return Source("folder", Path(module.root), name, modality, records)
+
+
+def _module_tables(module) -> dict[str, Path] | None:
+    """The split tables a table module read (data.path=DIR or data.train_path ...); None: one table."""
+    from dataclasses import asdict
+
+    from lokal.data.tables import split_files
+
+    files = getattr(module.settings, "files", None)
+    return split_files(module.path, **asdict(files)) if files is not None else None
 
 
 # -- PATH -------------------------------------------------------------------------------------
@@ -93,42 +107,95 @@ def from_path(path: str, text_column: str = "text", label_column: str = "label",
               split_column: str | None = None, table: str | None = None, encoding: str = "utf-8") -> Source:
     """A table (CSV/TSV/JSONL/Parquet/SQLite) of texts or of file paths, or a folder of class folders."""
     target = Path(path)
+    columns = (text_column, label_column, file_column)
     if target.is_dir():
-        return _from_folder(target)
+        tables = _split_tables(target)
+        return _from_folder(target) if tables is None else _from_tables(target, tables, columns, split_column,
+                                                                        table, encoding)
     if not target.exists():
         raise LokalError(f"{path} does not exist: give a table file (CSV, TSV, JSONL, Parquet, SQLite), "
                          "an image/audio folder, or a data config (lokal audit data=NAME)")
+    frame = _read(target, table, encoding)
+    split_column = split_column or ("split" if "split" in frame.columns else None)
+    if split_column and split_column not in frame.columns:
+        raise LokalError(f"{path}: no column {split_column!r}; columns are {list(frame.columns)}. Set --split-column")
+    split = frame[split_column].astype(str) if split_column else pd.Series("all", index=frame.index)
+    kind, records, used = _records(target, frame, split.to_numpy(), "row ", columns, target.parent)
+    return _source(kind, target, target.stem, records, used, table, target.parent)
+
+
+def _read(file: Path, table: str | None, encoding: str) -> pd.DataFrame:
     from lokal.data.tables import read_table
 
     try:
-        frame = read_table(str(target), table, encoding)
+        return read_table(str(file), table, encoding)
     except LokalError as err:  # read_table speaks of config keys; this command has flags
         raise LokalError(str(err).replace("data.encoding=", "--encoding ").replace("data.table", "--table")) from None
-    split_column = split_column or ("split" if "split" in frame.columns else None)
-    for column, option in ((label_column, "--label-column"), (split_column, "--split-column")):
-        if column and column not in frame.columns:
-            raise LokalError(f"{path}: no column {column!r}; columns are {list(frame.columns)}. Set {option}")
-    split = frame[split_column].astype(str) if split_column else pd.Series("all", index=frame.index)
-    base = {"id": [f"row {i}" for i in range(len(frame))], "split": split.to_numpy(),
+
+
+def _records(file: Path, frame: pd.DataFrame, split, prefix: str, columns: tuple[str, str, str],
+             folder: Path) -> tuple[str, pd.DataFrame, str]:
+    """(kind, Contract 1 records, the text or file column) of one table: ids "row N" (with the
+    table's name first for split tables); a table of files has the paths as written as ids,
+    relative ones starting from `folder`."""
+    text_column, label_column, file_column = columns
+    if label_column not in frame.columns:
+        raise LokalError(f"{file}: no column {label_column!r}; columns are {list(frame.columns)}. Set --label-column")
+    base = {"id": [f"{prefix}{i}" for i in range(len(frame))], "split": split,
             "label": frame[label_column].astype(str).to_numpy()}
     if text_column in frame.columns:
-        records = pd.DataFrame(base | {"text": frame[text_column].fillna("").astype(str).to_numpy()})
-        return Source("table", target, target.stem, "text", records, table=table, text_column=text_column)
+        return "table", pd.DataFrame(base | {"text": frame[text_column].fillna("").astype(str).to_numpy()}), text_column
     file_column = next((c for c in (file_column, "path") if c in frame.columns), None)
-    if file_column:
-        return _file_table(target, frame, base, file_column, table)
-    raise LokalError(f"{path}: no text column {text_column!r} and no file column; columns are "
-                     f"{list(frame.columns)}. Set --text-column (a table of texts) or --file-column (of files)")
-
-
-def _file_table(target: Path, frame: pd.DataFrame, base: dict, file_column: str, table: str | None) -> Source:
-    """Paths as written in the table are the ids (as in data=file_table); relative ones start
-    from the table's folder."""
+    if file_column is None:
+        raise LokalError(f"{file}: no text column {text_column!r} and no file column; columns are "
+                         f"{list(frame.columns)}. Set --text-column (a table of texts) or --file-column (of files)")
     written = frame[file_column].astype(str).str.strip()
-    files = [str(p if Path(p).is_absolute() else target.parent / p) for p in written]
-    records = pd.DataFrame(base | {"id": written.to_numpy(), "path": files})
-    return Source("file_table", target, target.stem, _modality_of_paths(records), records, table=table,
-                  file_column=file_column, root=target.parent)
+    paths = [str(p if Path(p).is_absolute() else folder / p) for p in written]
+    return "file_table", pd.DataFrame(base | {"id": written.to_numpy(), "path": paths}), file_column
+
+
+def _source(kind: str, path: Path, name: str, records: pd.DataFrame, column: str, table: str | None,
+            folder: Path, files: dict[str, Path] | None = None) -> Source:
+    if kind == "table":
+        return Source("table", path, name, "text", records, table=table, text_column=column, files=files)
+    return Source("file_table", path, name, _modality_of_paths(records), records, table=table, file_column=column,
+                  root=folder, files=files)
+
+
+# -- a folder of split tables -----------------------------------------------------------------
+def _split_tables(folder: Path) -> dict[str, Path] | None:
+    """The folder's split tables (train.csv, valid.tsv, test.csv, ...); None: no table named
+    like a split (then it is a folder of class folders)."""
+    from lokal.data.tables import READERS, SPLIT_NAMES, find_split_files
+
+    named = [f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in READERS
+             and f.stem.lower() in SPLIT_NAMES]
+    return find_split_files(folder) if named else None
+
+
+def _from_tables(folder: Path, tables: dict[str, Path], columns: tuple[str, str, str], split_column: str | None,
+                 table: str | None, encoding: str) -> Source:
+    """Every split table read as one table is, each row in its table's split, ids "train.csv
+    row N", so leakage between the tables is leakage between splits. A val or test table
+    without the label column (unlabelled, as Kaggle's test.csv) is noted and left out."""
+    if split_column:
+        raise LokalError(f"{folder} holds split tables ({', '.join(f.name for f in tables.values())}): each row's "
+                         "split is its table's; drop --split-column")
+    parts, notes, kinds = [], [], set()
+    for split, file in tables.items():
+        frame = _read(file, table, encoding)
+        if split != "train" and columns[1] not in frame.columns:
+            notes.append(f"{file.name} has no label column {columns[1]!r}: not audited (lokal clean copies it)")
+            continue
+        kind, records, used = _records(file, frame, split, f"{file.name} row ", columns, folder)
+        parts.append(records)
+        kinds.add((kind, used))
+    if len(kinds) > 1:
+        raise LokalError(f"{folder}: the split tables differ in kind ({sorted(kinds)}); give each the same columns")
+    (kind, used), = kinds
+    source = _source(kind, folder, folder.name, pd.concat(parts, ignore_index=True), used, table, folder, tables)
+    source.notes += notes
+    return source
 
 
 def _from_folder(root: Path) -> Source:

@@ -160,8 +160,9 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", nargs="*", metavar="data=NAME|PATH",
                         help="data=NAME plus Hydra overrides (data.path=x.csv ...): the data exactly as training "
                              "reads and splits it; or a PATH: a CSV/TSV/JSONL/Parquet/SQLite table of texts or of "
-                             "file paths, or a folder ROOT/CLASS/file or ROOT/{train,val,test}/CLASS/file. "
-                             "Nothing: the default data config")
+                             "file paths, a folder of split tables (train.csv, valid.tsv / dev / val, test.csv: "
+                             "leakage between them is leakage between splits), or a folder ROOT/CLASS/file or "
+                             "ROOT/{train,val,test}/CLASS/file. Nothing: the default data config")
     parser.add_argument("--text-column", default="text", help="PATH tables: the text column (default: text)")
     parser.add_argument("--label-column", default="label", help="PATH tables: the label column (default: label)")
     parser.add_argument("--file-column", default="file",

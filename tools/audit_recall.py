@@ -92,7 +92,7 @@ LETTER_OPS = {"dev": ("stretch_last", "stretch_vowel", "drop_vowel"),
 WORD_OPS = {"dev": ("replace", "delete"), "held": ("replace", "insert")}
 PUNCT_OPS = {"dev": ("shout", "strip", "commas", "ellipsis", "title"),
              "held": ("upper", "lower", "question", "spaced", "quotes")}
-EMOJI = {"dev": ("😂", "🤣", "😍", "🙏", "👍", "🔥", "😭", "❤️"),
+EMOJI = {"dev": ("😂", "🤣", "😍", "🙏", "👍", "🔥", "😭", "❤️", ":p", "XD", ";)", "=))", ":'("),
          "held": ("😊", "😡", "🤔", "👏", "💯", "🥰", "😅", "🤦‍♂️", ":)", ":(", ":D", ":v")}
 RETWEET = {"dev": ("RT @{user}: {text}", "RT {text}"),
            "held": ("RT @{user} {text}", "rt @{user}: {text}", "RT @{user} @{user2}: {text}", "RT: {text}")}
@@ -219,20 +219,31 @@ def edit_words(text: str, rng: random.Random, part: str, vocab: list[str]) -> st
     return " ".join(words)
 
 
+def sub_outside(pattern: str, repl: str, text: str) -> str:
+    """`re.sub` on the text between links, mentions and hashtags: nobody re-punctuates a URL."""
+    pieces, last = [], 0
+    for m in PROTECTED.finditer(text):
+        pieces += [re.sub(pattern, repl, text[last:m.start()]), m.group()]
+        last = m.end()
+    return "".join(pieces + [re.sub(pattern, repl, text[last:])])
+
+
 def edit_punctuation(text: str, rng: random.Random, part: str) -> str | None:
-    """Punctuation added, removed or spaced differently; case changed."""
+    """Punctuation added, removed or spaced differently (around the words, never inside a link);
+    case changed."""
     op = rng.choice(PUNCT_OPS[part])
     if op in ("shout", "question", "ellipsis"):
         return text.rstrip(" .!?") + {"shout": "!!!", "question": " ??", "ellipsis": "..."}[op]
     if op == "strip":
-        return re.sub(r"[!?.,;:\"'()]+", "", text)
+        return sub_outside(r"[!?.,;:\"'()]+", "", text)
     if op == "commas":
         words = text.split()
-        for i in rng.sample(range(len(words)), min(3, len(words))):
+        editable = [i for i, w in enumerate(words) if not PROTECTED.search(w)]
+        for i in rng.sample(editable, min(3, len(editable))):
             words[i] += ","
         return " ".join(words)
     if op == "spaced":
-        return re.sub(r"\s*([!?.,])", r" \1 ", text)
+        return sub_outside(r"\s*([!?.,])", r" \1 ", text)
     if op == "quotes":
         return f'"{text.strip()}"'
     return {"title": text.title, "upper": text.upper, "lower": text.lower}[op]()
@@ -347,9 +358,11 @@ def write_email(rng: random.Random, part: str) -> str:
 
 def sensitive_span(kind: str, value: str) -> tuple[int, int]:
     """Where the personal part of a written value lies: from its first to its last digit
-    (a link's number, a bracketed code included), or all of an email."""
+    (a bracketed code included), a link's number (not the %20 of its message), or all of an email."""
     if kind == "email":
         return 0, len(value)
+    if kind == "whatsapp":
+        return re.search(r"\d{8,}", value).span()
     digits = [m.start() for m in re.finditer(r"\d", value)]
     return digits[0], digits[-1] + 1
 
@@ -465,12 +478,13 @@ class Result:
             self.misses.setdefault(kind, []).append(example)
 
 
-def measure(planted: Planted, result: Result | None = None) -> Result:
-    """Run the audit on one planted set and add what it found to `result`."""
+def measure(planted: Planted, result: Result | None = None, **settings) -> Result:
+    """Run the audit (with `settings`: AuditSettings fields) on one planted set and add what it
+    found to `result`."""
     from lokal.audit.core import analyse
 
     result = result or Result()
-    analysis = analyse(planted.records(), "text", label_errors=False)
+    analysis = analyse(planted.records(), "text", **{"label_errors": False, **settings})
     item, texts = analysis.frame["item"].to_numpy(), [r[0] for r in planted.rows]
     for kind, source, row in planted.near:
         result.count(kind, bool(item[source] == item[row]), f"{texts[source]!r}\n    -> {texts[row]!r}")

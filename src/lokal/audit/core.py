@@ -24,7 +24,7 @@ class AuditSettings:
     """Thresholds and switches; written into audit.json so a report says how it was made."""
 
     near: bool = True  # search near duplicates (text MinHash, image perceptual hashes)
-    text_threshold: float = 0.6  # character 5-gram Jaccard of near keys; see lokal.audit.text for why 0.6
+    text_threshold: float = 0.6  # Jaccard of near-key 4-grams (lokal.audit.text.near_grams); why 0.6: there
     image_threshold: int = 20  # bits of 128 (pHash + dHash) that may differ; see lokal.audit.images
     label_errors: bool = True
     label_error_limit: int = 50  # rows listed in the report (all flagged rows are counted)
@@ -84,7 +84,7 @@ def _check_records(records: pd.DataFrame, modality: str) -> None:
 
 # -- grouping ---------------------------------------------------------------------------
 def _group_texts(a: Analysis) -> None:
-    """exact = folded text; item = exact groups linked by equal near keys or 5-gram Jaccard."""
+    """exact = folded text; item = exact groups linked by equal near keys or near-gram Jaccard."""
     from lokal.audit.text import exact_key, near_duplicate_pairs, near_key
 
     texts = a.frame["text"].astype(str)

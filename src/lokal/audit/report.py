@@ -103,8 +103,9 @@ def _near_note(audit: dict) -> str:
     if not settings["near"]:
         return "not searched (near disabled)"
     if audit["modality"] == "text":
-        return (f"texts whose character 5-gram Jaccard similarity is >= {settings['text_threshold']} after "
-                "removing case, punctuation, URLs and @mentions (similarity: the weakest link in the group)")
+        return (f"texts whose character 4-gram Jaccard similarity is >= {settings['text_threshold']} after "
+                "removing case, punctuation, emoji, URLs, @mentions and a leading RT, with slang spelled in full "
+                "and inner vowels dropped (similarity: the weakest link in the group)")
     if audit["modality"] == "image":
         return (f"images whose pHash + dHash differ in <= {settings['image_threshold']} of 128 bits and whose mean "
                 "colour agrees: resized, re-encoded or lightly edited copies (hash_distance: the largest link in "

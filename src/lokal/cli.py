@@ -278,22 +278,25 @@ def predict_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="lokal predict",
         description="Predict with a finished run (RUN_DIR, RUN_DIR/adapter, or a `lokal export` folder) on image "
-                    "files, folders of images (recursively), .txt files (one text per line) and CSV/TSV/JSONL/"
-                    "Parquet tables (a text column for text models, a column of image paths for image models). "
-                    "Writes one CSV row per input: id, predicted, confidence, prob/<class>.")
+                    "or audio files, folders of them (recursively), .txt files (one text per line) and CSV/TSV/"
+                    "JSONL/Parquet tables (a text column for text models, a column of file paths for image and "
+                    "audio models). Writes one CSV row per input: id, predicted, confidence, prob/<class>; for a "
+                    "speech-recognition run: id, file, seconds, pieces, text (recordings longer than the model's "
+                    "30 s window are cut at pauses and the pieces' transcripts joined).")
     parser.add_argument("source", type=Path, metavar="RUN_DIR_OR_ADAPTER")
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="files, folders or tables")
     parser.add_argument("--out", type=Path, help="the CSV to write (default: outputs/predict/RUN-TIMESTAMP.csv)")
     parser.add_argument("--batch-size", type=int, default=32, help="inputs per forward pass (default: 32)")
     parser.add_argument("--text-column", default="text", help="tables, text models: the text column (default: text)")
     parser.add_argument("--file-column", default="file",
-                        help="tables, image models: the column of image paths, relative to the table's folder "
-                             "(default: file, else path)")
+                        help="tables, image and audio models: the column of file paths, relative to the table's "
+                             "folder (default: file, else path)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (default: stop)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave out unreadable images and recordings (default: stop and name them)")
     args = parser.parse_args(argv)
     from lokal.io import check_writable
-    from lokal.runs.predict import collect_inputs, load_predictor, print_predictions, probabilities, to_frame
+    from lokal.runs.predict import collect_inputs, load_predictor, predictions, print_predictions
     from lokal.runs.predict import write_predictions as write_csv
 
     run = args.source.resolve()
@@ -301,8 +304,7 @@ def predict_main(argv: list[str]) -> None:
     out = check_writable(args.out or default_out("predict", run.name, ".csv"))
     predictor = load_predictor(args.source)
     ids, items = collect_inputs(args.inputs, predictor, args.text_column, args.file_column)
-    frame = to_frame(ids, probabilities(predictor, items, args.batch_size, args.device, args.skip_bad),
-                     predictor.class_names, predictor.thresholds)
+    frame = predictions(predictor, ids, items, args.batch_size, args.device, args.skip_bad)
     print_predictions(frame, len(ids), write_csv(frame, out))
 
 
@@ -364,7 +366,7 @@ USAGE = """usage: lokal {train,adapters,export,audit,clean,predict,compare,repor
   lokal export RUN_DIR OUT_DIR                                 (merged standalone model)
   lokal audit data=NAME [overrides] | PATH [--out DIR]         (duplicates, leakage, labels, PII report)
   lokal clean data=NAME [overrides] | PATH --out DIR           (cleaned copy + manifest)
-  lokal predict RUN_DIR INPUT... [--out preds.csv]             (files, folders, tables -> CSV of probabilities)
+  lokal predict RUN_DIR INPUT... [--out preds.csv]             (files, folders, tables -> probabilities or transcripts)
   lokal compare outputs/multirun/DATE RUN_DIR... [--out DIR]   (table + Pareto plot across runs, .md/.html)
   lokal report outputs/multirun/DATE [--wandb] [--out F]       (one HTML file; a W&B Report with --wandb)"""
 

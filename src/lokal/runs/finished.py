@@ -29,18 +29,18 @@ class Run:
             raise LokalError(f"{run_dir} has not finished (no {FINISHED}): start its command again to resume it")
         return cls(run_dir, config, json.loads((run_dir / FINISHED).read_text()))
 
-    def predict(self, items: list[str], batch_size: int = 32, device: str | None = None):
-        """Class probabilities for texts (a text model) or image paths (an image model), as
-        `lokal predict` writes them: a DataFrame of id, predicted, confidence, prob/<class>."""
-        from lokal.runs.predict import load_predictor, probabilities, to_frame
+    def predict(self, items: list[str], batch_size: int = 32, device: str | None = None, skip_bad: bool = False):
+        """What `lokal predict` writes, as a DataFrame (id = the item's position): class probabilities
+        for texts (a text model), image or audio paths (id, predicted, confidence, prob/<class>), or
+        transcripts of audio paths for a speech-recognition run (id, file, seconds, pieces, text)."""
+        from lokal.runs.predict import load_predictor, predictions
 
-        if isinstance(items, str):
+        if isinstance(items, str | Path):
             items = [items]
         if self._predictor is None:  # the model loads once, on the first call
             self._predictor = load_predictor(self.dir)
-        probs = probabilities(self._predictor, list(items), batch_size, device)
-        return to_frame([str(i) for i in range(len(items))], probs, self._predictor.class_names,
-                        self._predictor.thresholds)
+        items = [str(i) for i in items]
+        return predictions(self._predictor, [str(i) for i in range(len(items))], items, batch_size, device, skip_bad)
 
     def __repr__(self) -> str:
         return f"Run({str(self.dir)!r})"

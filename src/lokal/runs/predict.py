@@ -1,9 +1,11 @@
 """`lokal predict RUN_DIR INPUTS...`: a finished run's model (or a `lokal export` folder) on new files.
 
-Inputs are files: images, folders of images (searched recursively), tables (CSV, TSV, JSONL,
-Parquet) with a text column for text models or a column of image paths for image models, and
-`.txt` files (one text per line). Predictions come in batches with every class's probability and
-are written as one CSV: id, predicted, confidence, prob/<class> (written atomically).
+Inputs are files: images or recordings, folders of them (searched recursively), tables (CSV, TSV,
+JSONL, Parquet) with a text column for text models or a column of file paths for image and audio
+models, and `.txt` files (one text per line). Predictions come in batches with every class's
+probability and are written as one CSV: id, predicted, confidence, prob/<class>; a
+speech-recognition run writes transcripts instead: id, file, seconds, pieces, text
+(`lokal.runs.predict_audio`). The CSV is written atomically, once everything is predicted.
 
 The model is rebuilt from the run's config.yaml and trained weights alone: the training data may
 not be on the machine that predicts. The class names come from RUN_DIR/classes.json, else the
@@ -31,19 +33,23 @@ TABLES = (".csv", ".tsv", ".jsonl", ".parquet")
 TEXT_FILES = (".txt",)
 TEXT_INPUTS = "a CSV/TSV/JSONL/Parquet table with a text column (--text-column), or a .txt file (one text per line)"
 IMAGE_INPUTS = "image files, folders of images, or a table with a column of image paths (--file-column)"
+FOLDER_FILES = {"text": ".txt files", "image": "images", "audio": "audio files"}  # what a folder is searched for
 
 
 @dataclass
 class Predictor:
     """A model ready to predict: `model(batch)` gives logits (B, classes); text models carry
-    `tokenizer` and `max_length`, image models `data_config` (timm's input size and normalisation)."""
+    `tokenizer` and `max_length`, image models `data_config` (timm's input size and normalisation),
+    audio models `feature_extractor`; speech-recognition models transcribe instead (no classes)."""
 
     model: object
     class_names: list[str]
-    modality: str  # "text" | "image"
+    modality: str  # "text" | "image" | "audio"
     source: str  # the run or folder, for messages
     prepare_text: Callable[[list[str]], list[str]] | None = None  # the run's own text normalisation
     thresholds: list[float] | None = None  # multi-label runs: a sigmoid per label, cut where validation chose
+    task: str = "classification"  # or "speech_recognition"
+    max_seconds: float | None = None  # audio classifiers: data.max_seconds, the longest chunk (None: the window)
 
 
 # -- loading the model -------------------------------------------------------------------------
@@ -72,33 +78,48 @@ def load_predictor(source: str | Path) -> Predictor:
 
 
 def from_run(run_dir: Path) -> Predictor:
-    """The run's base, fresh from its source, with the run's method and trained weights on it."""
-    from hydra.utils import get_class, instantiate
+    """The run's trained model and its class names (none for speech recognition)."""
+    from hydra.utils import get_class
 
     from lokal.runs.load import load_config
-    from lokal.training.weights import ADAPTER_DIR, load_weights
 
     cfg = load_config(run_dir)
     check_finished(run_dir)
-    model_class = get_class(cfg.model._target_)
-    if model_class.modality == "audio":
-        raise LokalError(f"{run_dir} is an audio run: `lokal predict` reads texts and images only so far. Its "
-                         "test split was scored at the end of training (transcripts.csv or predictions.csv); for "
-                         "new recordings, load it with lokal.load_run and call model.transcribe / model(batch)")
-    if model_class.task != "classification":
-        raise LokalError(f"{run_dir} is a {model_class.task} run: `lokal predict` runs classifiers; chat with a "
-                         "language model's adapter through transformers (see `lokal export`)")
+    task = get_class(cfg.model._target_).task
+    if task == "speech_recognition":
+        return speech_predictor(run_dir, cfg)
+    if task != "classification":
+        raise LokalError(f"{run_dir} is a {task} run: `lokal predict` runs classifiers and speech "
+                         "recognisers; chat with a language model's adapter through transformers (see `lokal export`)")
     class_names = run_classes(run_dir, cfg)
-    model = instantiate(cfg.model, num_classes=len(class_names))
-    if not (run_dir / ADAPTER_DIR).is_dir():
-        model = instantiate(cfg.method).apply(model)  # non-PEFT weights fit the method's own layout
     try:
-        model = load_weights(model, run_dir).eval()
+        model = trained_model(run_dir, cfg, num_classes=len(class_names))
     except RuntimeError as err:  # a head of another size: the class list does not fit the weights
         raise LokalError(f"{run_dir}: the trained weights do not fit a model of {len(class_names)} classes "
                          f"{class_names} ({str(err).splitlines()[0][:200]}); check {run_dir / CLASSES_FILE}") from err
     return Predictor(model, class_names, model.modality, str(run_dir), text_preparation(cfg.data),
-                     saved_thresholds(run_dir, class_names))
+                     saved_thresholds(run_dir, class_names), max_seconds=cfg.data.get("max_seconds"))
+
+
+def trained_model(run_dir: Path, cfg, **arguments):
+    """The run's base, fresh from its source, with the run's method and trained weights on it."""
+    from hydra.utils import instantiate
+
+    from lokal.training.weights import ADAPTER_DIR, load_weights
+
+    model = instantiate(cfg.model, **arguments)
+    if not (run_dir / ADAPTER_DIR).is_dir():
+        model = instantiate(cfg.method).apply(model)  # non-PEFT weights fit the method's own layout
+    return load_weights(model, run_dir).eval()
+
+
+def speech_predictor(run_dir: Path, cfg) -> Predictor:
+    """A speech-recognition run: the tuned Whisper, transcribing."""
+    model = trained_model(run_dir, cfg)
+    # the run's max_new_tokens bounds its evaluation; a 30 s piece of new speech may say more: allow what
+    # OpenAI's decoder allows (sample_len, half the decoder's positions; 224 tokens for Whisper)
+    model.max_new_tokens = max(model.max_new_tokens, model.max_label_tokens // 2)
+    return Predictor(model, [], model.modality, str(run_dir), task="speech_recognition")
 
 
 def saved_thresholds(run_dir: Path, class_names: list[str]) -> list[float] | None:
@@ -254,15 +275,14 @@ class ExportedImage:
 # -- reading the inputs ------------------------------------------------------------------------
 def collect_inputs(paths: list[str | Path], predictor: Predictor, text_column: str = "text",
                    file_column: str = "file") -> tuple[list[str], list[str]]:
-    """(ids, items): texts for text models, image paths for image models, in the order given."""
+    """(ids, items): texts for text models, file paths for image and audio models, in the order given."""
     ids, items = [], []
     for path in map(Path, paths):
         for id_, item in read_input(path, predictor, text_column, file_column):
             ids.append(id_)
             items.append(item)
     if not items:
-        wanted = TEXT_INPUTS if predictor.modality == "text" else IMAGE_INPUTS
-        raise LokalError(f"nothing to predict in {', '.join(map(str, paths))}: give {wanted}")
+        raise LokalError(f"nothing to predict in {', '.join(map(str, paths))}: give {wanted_inputs(predictor)}")
     return ids, items
 
 
@@ -283,8 +303,14 @@ def read_input(path: Path, predictor: Predictor, text_column: str, file_column: 
     return read_lines(path) if kind == "text" else [(str(path), str(path))]
 
 
+def wanted_inputs(predictor: Predictor) -> str:
+    from lokal.runs.predict_audio import AUDIO_INPUTS
+
+    return {"text": TEXT_INPUTS, "image": IMAGE_INPUTS, "audio": AUDIO_INPUTS}[predictor.modality]
+
+
 def wrong_modality(path: Path, kind: str | None, predictor: Predictor) -> LokalError:
-    wanted = TEXT_INPUTS if predictor.modality == "text" else IMAGE_INPUTS
+    wanted = wanted_inputs(predictor)
     what = {"image": "an image", "audio": "an audio file", "text": "a text file"}.get(kind)
     if what is None:
         return LokalError(f"{path}: cannot predict on {path.suffix or 'extension-less'} files; give {wanted}")
@@ -302,7 +328,7 @@ def read_lines(path: Path) -> list[tuple[str, str]]:
 
 
 def read_folder(folder: Path, predictor: Predictor) -> list[tuple[str, str]]:
-    """Every image (image models) or .txt file (text models) below `folder`, in path order."""
+    """Every image, recording (audio models) or .txt file (text models) below `folder`, in path order."""
     from lokal.data.checks import modality_of
 
     files = sorted(f for f in folder.rglob("*")
@@ -313,8 +339,7 @@ def read_folder(folder: Path, predictor: Predictor) -> list[tuple[str, str]]:
         other = next((f for f in files if kinds[f]), None)
         if other is not None:
             raise wrong_modality(other, kinds[other], predictor)
-        wanted = "images" if predictor.modality == "image" else ".txt files"
-        raise LokalError(f"{folder}: no {wanted} in this folder or below it")
+        raise LokalError(f"{folder}: no {FOLDER_FILES[predictor.modality]} in this folder or below it")
     if predictor.modality == "text":
         return [row for f in mine for row in read_lines(f)]
     return [(str(f), str(f)) for f in mine]
@@ -326,8 +351,9 @@ def read_text_table(path: Path, predictor: Predictor, text_column: str, file_col
     frame = read_table(str(path))
     if text_column not in frame.columns:
         files = file_column_of(frame, file_column)
-        if files is not None and looks_like_images(frame[files]):
-            raise LokalError(f"{path} is a table of image files (column {files!r}), but {predictor.source} is a "
+        kind = files_of(frame[files]) if files is not None else None
+        if kind is not None:
+            raise LokalError(f"{path} is a table of {kind} files (column {files!r}), but {predictor.source} is a "
                              f"text model: give {TEXT_INPUTS}")
         raise LokalError(f"{path}: no column {text_column!r}; columns are {list(frame.columns)}. "
                          "Pass --text-column NAME")
@@ -340,23 +366,23 @@ def read_text_table(path: Path, predictor: Predictor, text_column: str, file_col
 
 
 def read_file_table(path: Path, predictor: Predictor, text_column: str, file_column: str) -> list[tuple[str, str]]:
-    """Image paths in a table: relative ones start at the table's folder, as in training (data.root)."""
+    """Image or audio paths in a table: relative ones start at the table's folder, as in training (data.root)."""
     from lokal.data.tables import read_table, resolve
 
     frame = read_table(str(path))
     column = file_column_of(frame, file_column)
     if column is None:
         if text_column in frame.columns:
-            raise LokalError(f"{path} is a table of texts (column {text_column!r}), but {predictor.source} is an "
-                             f"image model: give {IMAGE_INPUTS}")
+            raise LokalError(f"{path} is a table of texts (column {text_column!r}), but {predictor.source} is "
+                             f"{article(predictor.modality)} model: give {wanted_inputs(predictor)}")
         raise LokalError(f"{path}: no column {file_column!r}; columns are {list(frame.columns)}. "
                          "Pass --file-column NAME")
     files = frame[column].dropna().astype(str).str.strip()
     files = files[files != ""]
-    if not looks_like_images(files):
+    if files_of(files) != predictor.modality:
         example = files.iloc[0] if len(files) else ""
-        raise LokalError(f"{path}: column {column!r} lists no image files (e.g. {example!r}); "
-                         f"{predictor.source} is an image model: give {IMAGE_INPUTS}")
+        raise LokalError(f"{path}: column {column!r} lists no {predictor.modality} files (e.g. {example!r}); "
+                         f"{predictor.source} is {article(predictor.modality)} model: give {wanted_inputs(predictor)}")
     return [(f"{path}:row {i}", str(resolve(path.parent, f))) for i, f in files.items()]
 
 
@@ -368,21 +394,46 @@ def file_column_of(frame: pd.DataFrame, file_column: str) -> str | None:
     return None
 
 
-def looks_like_images(values: pd.Series) -> bool:
+def files_of(values: pd.Series) -> str | None:
+    """"image" or "audio" when the column lists such files (the most common kind), else None."""
     from lokal.data.checks import modality_of
 
-    return bool(values.dropna().astype(str).map(modality_of).eq("image").any())
+    kinds = values.dropna().astype(str).map(modality_of).dropna()
+    return str(kinds.mode().iloc[0]) if len(kinds) else None
 
 
 # -- predicting --------------------------------------------------------------------------------
 def predict(source: str | Path, inputs: list[str | Path], batch_size: int = 32, text_column: str = "text",
             file_column: str = "file", device: str | None = None, skip_bad: bool = False) -> pd.DataFrame:
     """Load `source`, read `inputs`, and return one row per input: id, predicted, confidence,
-    prob/<class> (inputs left out with `skip_bad` are not in it)."""
+    prob/<class>, or a speech run's transcripts (inputs left out with `skip_bad` are not in it)."""
     predictor = load_predictor(source)
     ids, items = collect_inputs(inputs, predictor, text_column, file_column)
+    return predictions(predictor, ids, items, batch_size, device, skip_bad)
+
+
+def predictions(predictor: Predictor, ids: list[str], items: list[str], batch_size: int = 32,
+                device: str | None = None, skip_bad: bool = False) -> pd.DataFrame:
+    """What `lokal predict` writes: a speech run's transcripts (id, file, seconds, pieces, text), or
+    every class's probability (id, predicted, confidence, prob/<class>)."""
+    if predictor.task == "speech_recognition":
+        from lokal.runs.predict_audio import transcripts
+
+        return transcripts(predictor.model, ids, items, checked_batch_size(batch_size), pick_device(device), skip_bad)
     probs = probabilities(predictor, items, batch_size, device, skip_bad)
-    return to_frame(ids, probs, predictor.class_names)
+    return to_frame(ids, probs, predictor.class_names, predictor.thresholds)
+
+
+def checked_batch_size(batch_size: int) -> int:
+    if batch_size < 1:
+        raise LokalError(f"--batch-size {batch_size}: give 1 or more")
+    return batch_size
+
+
+def pick_device(device: str | None) -> str:
+    import torch
+
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def probabilities(predictor: Predictor, items: list[str], batch_size: int = 32, device: str | None = None,
@@ -394,9 +445,12 @@ def probabilities(predictor: Predictor, items: list[str], batch_size: int = 32, 
     from rich.console import Console
     from rich.progress import Progress
 
-    if batch_size < 1:
-        raise LokalError(f"--batch-size {batch_size}: give 1 or more")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    batch_size, device = checked_batch_size(batch_size), pick_device(device)
+    if predictor.modality == "audio":
+        from lokal.runs.predict_audio import class_probabilities
+
+        return class_probabilities(predictor.model, items, len(predictor.class_names), predictor.max_seconds,
+                                   batch_size, device, skip_bad, sigmoid=bool(predictor.thresholds))
     model = predictor.model.to(device)
     probs = np.full((len(items), len(predictor.class_names)), np.nan, dtype=np.float32)
     batches = text_batches if predictor.modality == "text" else image_batches
@@ -494,10 +548,15 @@ def write_predictions(frame: pd.DataFrame, out: str | Path) -> Path:
 
 
 def print_predictions(frame: pd.DataFrame, total: int, out: Path, shown: int = 10) -> None:
-    """The first rows and the count per predicted class."""
+    """The first rows and the count per predicted class (a speech run's: the first transcripts)."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
+
+    if "predicted" not in frame:
+        from lokal.runs.predict_audio import print_transcripts
+
+        return print_transcripts(frame, total, out, shown)
 
     table = Table(title=f"lokal predict: {len(frame):,} of {total:,} inputs", header_style="bold")
     columns = [c for c in ("id", "predicted", "confidence") if c in frame]  # multi-label: no single confidence

@@ -173,11 +173,15 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
                         help="PATH CSV/TSV/JSONL tables: the text encoding (default: utf-8; e.g. latin-1, cp1252)")
     parser.add_argument("--near", action=argparse.BooleanOptionalAction, default=True,
                         help="search near duplicates too (default: on)")
-    parser.add_argument("--text-threshold", type=float, default=0.7,
-                        help="near-duplicate texts: character 5-gram Jaccard at least this (default: 0.7)")
-    parser.add_argument("--image-threshold", type=int, default=20,
+    from lokal.audit import AuditSettings
+
+    defaults = AuditSettings()  # one place for the thresholds: the audit's own settings
+    parser.add_argument("--text-threshold", type=float, default=defaults.text_threshold,
+                        help="near-duplicate texts: Jaccard of character 4-grams of the normalised texts at least "
+                             f"this (default: {defaults.text_threshold})")
+    parser.add_argument("--image-threshold", type=int, default=defaults.image_threshold,
                         help="near-duplicate images: pHash + dHash differ in at most this many of 128 bits "
-                             "(default: 20)")
+                             f"(default: {defaults.image_threshold})")
 
 
 def _load_source(args: argparse.Namespace):

@@ -55,8 +55,10 @@ class Predictor:
 # -- loading the model -------------------------------------------------------------------------
 def load_predictor(source: str | Path) -> Predictor:
     """A run directory, its adapter/ folder, or a folder written by `lokal export`."""
+    from lokal.training.console import quiet_libraries
     from lokal.training.weights import ADAPTER_DIR
 
+    quiet_libraries()  # the libraries' known notes to someone else, silenced by their text as in training
     source = Path(source)
     if not source.is_dir():
         raise LokalError(f"{source}: not a run directory (give RUN_DIR, RUN_DIR/{ADAPTER_DIR} or a `lokal export` "

@@ -111,6 +111,22 @@ def test_text_run_predicts_its_models_probabilities_on_tables_and_txt_files(text
     assert frame["id"].tolist()[5:7] == [f"{tmp_path / 'notes.txt'}:line 1", f"{tmp_path / 'notes.txt'}:line 3"]
 
 
+def test_a_folder_of_split_tables_predicts_every_tables_rows(text_run, tmp_path):
+    """`lokal predict RUN DIR` on the layout training reads (train.csv, valid.tsv, test.jsonl)."""
+    run_dir, model = text_run
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    pd.DataFrame({"review": TEXTS[:2], "stars": [0, 1]}).to_csv(tables / "train.csv", index=False)
+    pd.DataFrame({"review": TEXTS[2:4]}).to_csv(tables / "valid.tsv", sep="\t", index=False)
+    pd.DataFrame({"review": TEXTS[4:]}).to_json(tables / "test.jsonl", orient="records", lines=True)
+
+    frame = predict(run_dir, [tables], batch_size=2, text_column="review")
+
+    expected = TEXTS[4:] + TEXTS[:2] + TEXTS[2:4]  # path order: test.jsonl, train.csv, valid.tsv
+    assert np.allclose(probs_of(frame, ["neg", "pos"]), text_probs(model, expected), atol=1e-5)
+    assert frame["id"].tolist()[0] == f"{tables / 'test.jsonl'}:row 0"
+
+
 def test_adapter_folder_works_as_the_run(text_run, tmp_path):
     run_dir, model = text_run
     (tmp_path / "one.txt").write_text(TEXTS[0])

@@ -294,7 +294,7 @@ def read_input(path: Path, predictor: Predictor, text_column: str, file_column: 
     if not path.exists():
         raise LokalError(f"{path}: no such file or folder")
     if path.is_dir():
-        return read_folder(path, predictor)
+        return read_folder(path, predictor, text_column)
     suffix = path.suffix.lower()
     if suffix in TABLES:
         read = read_text_table if predictor.modality == "text" else read_file_table
@@ -329,13 +329,14 @@ def read_lines(path: Path) -> list[tuple[str, str]]:
     return [(f"{path}:line {i}", line) for i, line in enumerate(lines, 1) if line.strip()]
 
 
-def read_folder(folder: Path, predictor: Predictor) -> list[tuple[str, str]]:
-    """Every image, recording (audio models) or .txt file (text models) below `folder`, in path order."""
+def read_folder(folder: Path, predictor: Predictor, text_column: str = "text") -> list[tuple[str, str]]:
+    """Every image, recording (audio models), or .txt file and table (text models: a folder of split
+    tables, train.csv / valid.tsv / test.csv, gives every table's rows) below `folder`, in path order."""
     from lokal.data.checks import modality_of
 
     files = sorted(f for f in folder.rglob("*")
                    if f.is_file() and not any(p.startswith(".") for p in f.relative_to(folder).parts))
-    kinds = {f: "text" if f.suffix.lower() in TEXT_FILES else modality_of(f) for f in files}
+    kinds = {f: "text" if f.suffix.lower() in TEXT_FILES + TABLES else modality_of(f) for f in files}
     mine = [f for f in files if kinds[f] == predictor.modality]
     if not mine:
         other = next((f for f in files if kinds[f]), None)
@@ -343,7 +344,8 @@ def read_folder(folder: Path, predictor: Predictor) -> list[tuple[str, str]]:
             raise wrong_modality(other, kinds[other], predictor)
         raise LokalError(f"{folder}: no {FOLDER_FILES[predictor.modality]} in this folder or below it")
     if predictor.modality == "text":
-        return [row for f in mine for row in read_lines(f)]
+        return [row for f in mine for row in (read_text_table(f, predictor, text_column, "file")
+                                              if f.suffix.lower() in TABLES else read_lines(f))]
     return [(str(f), str(f)) for f in mine]
 
 

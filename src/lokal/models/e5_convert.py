@@ -253,6 +253,9 @@ def convert(bin_path: Path, out: Path) -> Path:
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"conversion mismatch: missing {missing}, unexpected {unexpected}")
-    model.save_pretrained(out)
+    from lokal.models.text import quiet_transformers
+
+    with quiet_transformers():  # no "Writing model shards" bar in a run's console
+        model.save_pretrained(out)
     e5_tokenizer(e5).save_pretrained(out)
     return out

@@ -205,6 +205,9 @@ def convert(source: Path, out: Path) -> Path:
     tokenizer = whisper_tokenizer(source / "tokenizer.json", config.vocab_size)
     model.generation_config = generation_config(config, tokenizer, ct_config)
     features = WhisperFeatureExtractor(feature_size=config.num_mel_bins)
-    model.save_pretrained(out)
+    from lokal.models.text import quiet_transformers
+
+    with quiet_transformers():  # no "Writing model shards" bar in a run's console
+        model.save_pretrained(out)
     WhisperProcessor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(out)
     return out

@@ -28,7 +28,11 @@ class TextClassifier(LokalModel):
         max_length: int = 128,
         lora_targets: list[str] | None = None,
         dtype: str = "float32",
+        pooling: str = "first",
     ) -> None:
+        """`pooling`: what the head reads. "first": the model's own head as transformers builds it
+        (the first token for encoders, the last for decoders). "mean": the mean of the encoder's
+        token states, for encoders trained to embed that way (e5, sentence-transformers)."""
         super().__init__()
         from transformers import AutoModelForSequenceClassification
 
@@ -42,6 +46,9 @@ class TextClassifier(LokalModel):
             raise LokalError(f"{name}: pretrained weights missing for {missing[:8]}; is it a complete checkpoint?")
         # Decoders classify from the last non-pad token, so they must know the pad id.
         self.net.config.pad_token_id = self.tokenizer.pad_token_id
+        if pooling not in ("first", "mean"):
+            raise LokalError(f"model.pooling={pooling!r}; choose first or mean")
+        self.pooling, self.mean_pool = pooling, MeanIntoFirst(self.net) if pooling == "mean" else None
 
     @property
     def head_names(self) -> list[str]:
@@ -56,7 +63,48 @@ class TextClassifier(LokalModel):
         return [f"{name}.{i}" for i in range(len(layers))]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        if self.mean_pool is None:
+            return self.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        with self.mean_pool.masked(batch["attention_mask"]):
+            return self.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+class MeanIntoFirst:
+    """Mean pooling for an encoder's own head: during `TextClassifier.forward` the encoder's output
+    at the first position is replaced by the mean of the real tokens' states, so every head that
+    reads the first token (BERT's pooler, RoBERTa's classification head) reads the mean. A forward
+    hook on the encoder, so it works under every method (PEFT changes the model in place; prompt
+    tuning's virtual tokens count as tokens). Other callers of the encoder see it unchanged."""
+
+    def __init__(self, net: nn.Module) -> None:
+        self.mask: torch.Tensor | None = None
+        encoder = getattr(getattr(net, net.base_model_prefix, None), "encoder", None)
+        if encoder is None:
+            raise LokalError(f"model.pooling=mean needs an encoder (BERT, RoBERTa, XLM-R ...); "
+                             f"{type(net).__name__} has none: use model.pooling=first")
+        encoder.register_forward_hook(self.pool)
+
+    @contextmanager
+    def masked(self, mask: torch.Tensor):
+        self.mask = mask
+        try:
+            yield
+        finally:
+            self.mask = None
+
+    def pool(self, module, args, output):
+        if self.mask is None:
+            return output
+        states, mask = output[0], self.mask
+        if mask.shape[1] < states.shape[1]:  # virtual tokens prepended by prompt tuning
+            mask = torch.cat([mask.new_ones(mask.shape[0], states.shape[1] - mask.shape[1]), mask], dim=1)
+        weights = mask.unsqueeze(-1).to(states.dtype)
+        mean = (states * weights).sum(1) / weights.sum(1).clamp(min=1)
+        pooled = torch.cat([mean.unsqueeze(1), states[:, 1:]], dim=1)
+        if isinstance(output, tuple):
+            return (pooled, *output[1:])
+        output["last_hidden_state"] = pooled
+        return output
 
 
 def load_pretrained(auto_class, name: str, dtype: str, **kwargs) -> tuple:

@@ -288,6 +288,10 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     from lokal.runs.load import load_run
 
     datamodule, model = load_run(run_dir)
+    if getattr(model, "pooling", "first") != "first":
+        raise LokalError(f"{run_dir}: its model pools the mean of the token states (model.pooling=mean), which a "
+                         "plain transformers classifier cannot (it reads the first token); serve the run with "
+                         "`lokal predict` or lokal.load_run instead")
     batch = sample_batch(datamodule)
     try:
         return export(merge(model, batch), out_dir, getattr(datamodule, "class_names", None), batch)

@@ -213,7 +213,7 @@ SWEEP_TINY = {"method_shootout": ["seed=1"], "lr_batch_grid": ["method.lr=1e-3"]
 STEPS = ["trainer.max_steps=2", "trainer.limit_train_batches=2", "trainer.log_every_n_steps=1",
          "trainer.enable_progress_bar=false"]
 # The runs a `lokal` command reads: its placeholder -> the README training command that makes it.
-PRODUCERS = {"outputs/runs/*telco*": "adapter.name=telco", "outputs/runs/*tv_film*": "adapter.name=tv_film",
+PRODUCERS = {"outputs/runs/telco": "adapter.name=telco", "outputs/runs/tv_film": "adapter.name=tv_film",
              "outputs/multirun/DATE": "-m method=lora,bitfit,full seed=1,2,3",
              "RUN_DIR photos/": "data=image_folder data.root=/data/batik",
              "RUN_DIR notes.txt": "data=text_csv data.path=reviews.csv",
@@ -223,8 +223,7 @@ DIR_OF = {"text_csv": "DIR", "medical_xray": "/data/chest_xray", "image_folder":
           "audio_folder": "/data/bird_calls", None: "DIR"}
 RUN_CONSUMERS = ("predict", "adapters", "export", "compare", "report")
 # README commands known to fail as written, until the README or the code is fixed (strict xfail).
-KNOWN_BROKEN = {"outputs/runs/*telco*": "run folders are named DATE_DATA_MODEL_METHOD, not after adapter.name: "
-                                        "the README's glob matches no run"}
+KNOWN_BROKEN: dict[str, str] = {}  # README argument -> why the command fails as written (a strict xfail)
 # README paths -> small real inputs (made by `readme_inputs`).
 PLACEHOLDERS = ("reviews.csv", "DIR", "tickets.csv", "/data/chest_xray", "/data/batik", "scans.csv",
                 "transcripts.csv", "/data/bird_calls", "resnet50.pth", "telco.csv", "tv_film.csv", "pairs.jsonl",

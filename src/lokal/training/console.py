@@ -1,6 +1,7 @@
 """A quiet console: lokal's own lines, not the libraries' advice to someone else.
 
-Only known, harmless messages are silenced, each by its text, so a new warning still shows. The
+Only known, harmless messages are silenced, each by its text and the module that raises it, so a
+new warning, or a known text from elsewhere, still shows. The
 progress bar shows the training loss and the metric that picks the checkpoint, which fit one
 80-column line (every logged metric went into a tall wrapped column)."""
 
@@ -11,13 +12,18 @@ import warnings
 
 from lightning.pytorch.callbacks import RichProgressBar
 
-# (message regex, category): the library's note and why it does not concern a lokal user
+# (message regex, category, module regex): the library's note, where it is raised, and why it does not
+# concern a lokal user. All three must match, so the same text from anywhere else still shows.
 HARMLESS_WARNINGS = (
-    (r".*`is_gradient_checkpointing` is deprecated", FutureWarning),  # transformers, inside PEFT
-    (r".*isinstance\(treespec, LeafSpec\)", Warning),  # Lightning's own pytree use, torch 2.14
-    (r".*The `srun` command is available on your system", Warning),  # lokal launches Slurm jobs itself
-    (r".*is smaller than the logging interval", Warning),  # small data sets: logged at the epoch's end
-    (r".*does not have many workers which may be a bottleneck", Warning),  # num_workers=0 is right on 2 cores
+    (r".*`is_gradient_checkpointing` is deprecated", FutureWarning,
+     r"transformers\.modeling_utils"),  # transformers' own alias, called inside PEFT
+    (r".*isinstance\(treespec, LeafSpec\)", Warning, r"lightning\.pytorch\.utilities\._pytree"),  # torch 2.14
+    (r".*The `srun` command is available on your system", Warning,
+     r"lightning\.fabric\.plugins\.environments\.slurm"),  # lokal launches Slurm jobs itself
+    (r".*is smaller than the logging interval", Warning,
+     r"lightning\.pytorch\.loops\.fit_loop"),  # small data sets: logged at the epoch's end
+    (r".*does not have many workers which may be a bottleneck", Warning,
+     r"lightning\.pytorch\.trainer\.connectors\.data_connector"),  # num_workers=0 is right on 2 cores
 )
 # loggers whose INFO lines are adverts or restate the config (GPU available: False ...)
 CHATTY_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
@@ -25,8 +31,8 @@ CHATTY_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.uti
 
 
 def quiet_libraries() -> None:
-    for message, category in HARMLESS_WARNINGS:
-        warnings.filterwarnings("ignore", message=message, category=category)
+    for message, category, module in HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
 

@@ -1,5 +1,5 @@
 # Two commands do all setup on a fresh machine:
-#   make demo   creates .venv, installs the pinned dependencies, fine-tunes MiniLM + LoRA offline
+#   make demo   creates .venv, installs the pinned dependencies, fine-tunes multilingual-e5-small + LoRA offline
 #   make test   the same set-up, then the test suite
 PYTHON ?= python3
 VENV := .venv

@@ -24,9 +24,10 @@ from lokal.training.slurm import check_fields, check_partition
 from tests.conftest import ROOT
 
 ENV = os.environ | {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-# Seconds per run: a few steps of BitFit/LoRA on MiniLM, short texts, two val and test batches.
-TINY = ["trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "data.batch_size=8", "model.max_length=32",
-        "trainer.enable_progress_bar=false", "evaluation.plots=false"]
+# Seconds per run: a few steps of BitFit/LoRA on MiniLM (the small model: these tests are about Slurm),
+# short texts, two val and test batches.
+TINY = ["model=minilm", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "data.batch_size=8",
+        "model.max_length=32", "trainer.enable_progress_bar=false", "evaluation.plots=false"]
 SHORT = ["trainer.max_steps=6", "trainer.limit_train_batches=3", *TINY]
 # Long enough to be signalled mid-training: last.ckpt every 5 steps, 40 steps over 2 epochs.
 LONGER = ["trainer.max_steps=40", "trainer.limit_train_batches=20",

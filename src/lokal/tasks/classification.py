@@ -81,7 +81,7 @@ class Classification:
 
     settings: object = None  # lokal.evaluation.Evaluation
     name = "classification"
-    models = "a classification model, e.g. model=minilm, model=efficientnet_lite0 or model=whisper_tiny_classifier"
+    models = "a classification model, e.g. model=e5_small, model=efficientnet_lite0 or model=whisper_tiny_classifier"
 
     def model_arguments(self, data) -> dict:
         if len(data.class_names) < 2:

@@ -67,7 +67,7 @@ class MultiLabel:
 
     settings: object = None  # lokal.evaluation.Evaluation
     name = "multi_label"
-    models = "a classification model, e.g. model=minilm or model=efficientnet_lite0"
+    models = "a classification model, e.g. model=e5_small or model=efficientnet_lite0"
 
     def model_arguments(self, data) -> dict:
         return {"num_classes": len(data.class_names)}

@@ -21,7 +21,7 @@ def build(cfg: DictConfig, method=None):
     return datamodule, method.apply(model) if method is not None else model
 
 
-EXAMPLE_MODELS = {"text": "model=minilm", "image": "model=efficientnet_lite0",
+EXAMPLE_MODELS = {"text": "model=e5_small", "image": "model=efficientnet_lite0",
                   "audio": "model=whisper_tiny (transcripts) or model=whisper_tiny_classifier (labels)"}
 
 

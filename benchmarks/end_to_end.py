@@ -83,10 +83,11 @@ def run_lokal(tables: Path, work: Path, seed: int, quick: bool) -> dict:
 
 
 def first_step_seconds(run_dir: Path, start: float) -> float | None:
-    """When lokal's first logged training step happened, from the CSV logger's file times: the
-    metrics file is created at the first log (log_every_n_steps), an upper bound within a few steps."""
-    found = sorted(run_dir.rglob("metrics.csv"))
-    return found[0].stat().st_ctime - start if found else None
+    """Seconds from launch to lokal's first optimizer step, from the `first_step_at` time a run
+    records in metrics.json; None while runs do not record it (the CSV logger's file times are
+    not a measure: it writes at the end)."""
+    at = json.loads((run_dir / "metrics.json").read_text()).get("first_step_at")
+    return at - start if at else None
 
 
 def run_hf(tables: Path, work: Path, seed: int, quick: bool) -> dict:
@@ -168,10 +169,13 @@ def table(rows: list[dict]) -> str:
     means = {}
     for side in ("hf", "lokal"):
         mine = [r for r in rows if r["side"] == side]
-        means[side] = {k: statistics.mean(r[k] for r in mine if r[k] is not None) for k in keys}
-        cells = [" / ".join(f"{r[k]:.3f}" if k == "test_accuracy" else f"{r[k]:.0f}" for r in mine) for k in keys]
+        means[side] = {k: statistics.mean(v) if (v := [r[k] for r in mine if r[k] is not None]) else None
+                       for k in keys}
+        cells = [" / ".join("-" if r[k] is None else f"{r[k]:.3f}" if k == "test_accuracy" else f"{r[k]:.0f}"
+                            for r in mine) for k in keys]
         lines.append(f"| {side} | {len(mine)} | " + " | ".join(cells) + " |")
-    ratios = [f"{means['lokal'][k] / means['hf'][k]:.2f}" for k in keys]
+    ratios = [f"{means['lokal'][k] / means['hf'][k]:.2f}" if means["lokal"][k] and means["hf"][k] else "-"
+              for k in keys]
     lines.append("| lokal / hf (means) | | " + " | ".join(ratios) + " |")
     return "\n".join(lines)
 

@@ -213,7 +213,8 @@ def test_two_domains_trained_then_compared_and_exported(paths, tmp_path, capsys)
     for name, csv in domains.items():
         runs[name] = tmp_path / name
         cfg = compose(FAST + ["method=lora", f"adapter.name={name}", "data=text_csv", f"data.path={csv}",
-                              f"model.name={paths['bert']}", "model.max_length=16", "data.batch_size=8"], runs[name])
+                              f"model.name={paths['bert']}", "model.pooling=first", "model.max_length=16",
+                              "data.batch_size=8"], runs[name])  # pooling=first: a plain HF head exports
         train(cfg)
 
     adapters_main([str(runs["jakarta"]), str(runs["bali"]), "--out", str(tmp_path / "report.json")])

@@ -89,10 +89,21 @@ def job_story(job: str, output: Path | None) -> str:
     return f"{record}\nslurmctld:\n" + "\n".join(mentions[-30:]) + f"\noutput:\n{tail}"
 
 
+REQUEUE_SETTLE_S = 15  # > KillWait (5 s) + the step's cleanup: the old incarnation must be gone
+pending_since: dict[str, float] = {}
+
+
 def start_requeued_now(job: str) -> None:
-    """A requeued job waits ~2 minutes (BeginTime) before it may start again; a test need not."""
+    """A requeued job waits ~2 minutes (BeginTime) before it may start again; a test need not, but
+    it must let the killed incarnation finish first: started while its step was still being cleaned
+    up, the new one failed at once (exit 1, run time 0, seen twice in CI). So: pending for
+    REQUEUE_SETTLE_S and no step of the job left, then start."""
     state = job_state(job)
-    if state.get("JobState") == "PENDING" and state.get("Reason") == "BeginTime":
+    if state.get("JobState") != "PENDING" or state.get("Reason") != "BeginTime":
+        return
+    since = pending_since.setdefault(job, time.monotonic())
+    steps = subprocess.run(["squeue", "--steps", "--noheader", f"--jobs={job}"], capture_output=True, text=True)
+    if time.monotonic() - since >= REQUEUE_SETTLE_S and not steps.stdout.strip():
         subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
 
 

@@ -173,7 +173,7 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
                         help="PATH CSV/TSV/JSONL tables: the text encoding (default: utf-8; e.g. latin-1, cp1252)")
     parser.add_argument("--near", action=argparse.BooleanOptionalAction, default=True,
                         help="search near duplicates too (default: on)")
-    from lokal.audit import AuditSettings
+    from lokal.audit.settings import AuditSettings
 
     defaults = AuditSettings()  # one place for the thresholds: the audit's own settings
     parser.add_argument("--text-threshold", type=float, default=defaults.text_threshold,

@@ -214,6 +214,7 @@ STEPS = ["trainer.max_steps=2", "trainer.limit_train_batches=2", "trainer.log_ev
          "trainer.enable_progress_bar=false"]
 # The runs a `lokal` command reads: its placeholder -> the README training command that makes it.
 PRODUCERS = {"outputs/runs/telco": "adapter.name=telco", "outputs/runs/tv_film": "adapter.name=tv_film",
+             "outputs/runs/telco_plain": "hydra.run.dir=outputs/runs/telco_plain",
              "outputs/multirun/DATE": "-m method=lora,bitfit,full seed=1,2,3",
              "RUN_DIR photos/": "data=image_folder data.root=/data/batik",
              "RUN_DIR notes.txt": "data=text_csv data.path=reviews.csv",

@@ -77,17 +77,10 @@ def run_lokal(tables: Path, work: Path, seed: int, quick: bool) -> dict:
     if done.returncode:
         raise RuntimeError(f"lokal failed:\n{done.stderr[-3000:]}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    first = first_step_seconds(run_dir, start)
+    first = metrics.get("first_step_at")  # None until lokal runs record when their first step happened
     return {"side": "lokal", "seed": seed, "wall_s": wall, "train_s": metrics["train_time_s"],
-            "first_step_s": first, "peak_mb": metrics["peak_memory_mb"], "test_accuracy": metrics["test/accuracy"]}
-
-
-def first_step_seconds(run_dir: Path, start: float) -> float | None:
-    """Seconds from launch to lokal's first optimizer step, from the `first_step_at` time a run
-    records in metrics.json; None while runs do not record it (the CSV logger's file times are
-    not a measure: it writes at the end)."""
-    at = json.loads((run_dir / "metrics.json").read_text()).get("first_step_at")
-    return at - start if at else None
+            "first_step_s": first - start if first else None, "peak_mb": metrics["peak_memory_mb"],
+            "test_accuracy": metrics["test/accuracy"]}
 
 
 def run_hf(tables: Path, work: Path, seed: int, quick: bool) -> dict:

@@ -40,3 +40,7 @@ class LokalModel(nn.Module):
 
     def blocks(self) -> list[str]:
         raise NotImplementedError
+
+    def plan_frozen_prefix(self, augmented: bool) -> None:
+        """Called once the method is applied (lokal.training.build): text encoders cache what the
+        frozen prefix computes (lokal.models.prefix_cache); others have nothing to settle."""

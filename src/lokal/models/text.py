@@ -29,10 +29,13 @@ class TextClassifier(LokalModel):
         lora_targets: list[str] | None = None,
         dtype: str = "float32",
         pooling: str = "first",
+        cache_frozen_prefix: str | bool = "auto",
     ) -> None:
         """`pooling`: what the head reads. "first": the model's own head as transformers builds it
         (the first token for encoders, the last for decoders). "mean": the mean of the encoder's
-        token states, for encoders trained to embed that way (e5, sentence-transformers)."""
+        token states, for encoders trained to embed that way (e5, sentence-transformers).
+        `cache_frozen_prefix`: auto, true or false (lokal.models.prefix_cache); settled by
+        `plan_frozen_prefix` once the method is applied."""
         super().__init__()
         from transformers import AutoModelForSequenceClassification
 
@@ -49,6 +52,7 @@ class TextClassifier(LokalModel):
         if pooling not in ("first", "mean"):
             raise LokalError(f"model.pooling={pooling!r}; choose first or mean")
         self.pooling, self.mean_pool = pooling, MeanIntoFirst(self.net) if pooling == "mean" else None
+        self.cache_frozen_prefix, self.prefix_cache = cache_frozen_prefix, None
 
     @property
     def head_names(self) -> list[str]:
@@ -62,7 +66,28 @@ class TextClassifier(LokalModel):
         name, layers = max(lists, key=lambda nm: sum(p.numel() for p in nm[1].parameters()))
         return [f"{name}.{i}" for i in range(len(layers))]
 
+    def plan_frozen_prefix(self, augmented: bool) -> None:
+        """Turn the frozen-prefix cache on where it applies to what the method left trainable."""
+        from lokal.models.prefix_cache import plan
+
+        self.prefix_cache = plan(self, self.cache_frozen_prefix, augmented)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> TextClassifier:
+        """With the prefix cache the frozen prefix stays in eval mode: its states must not vary."""
+        super().train(mode)
+        for module in self.prefix_cache.split.modules() if self.prefix_cache is not None else []:
+            module.eval()
+        return self
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.prefix_cache is None:
+            return self._logits(batch)
+        states = self.prefix_cache.states(batch["input_ids"], batch["attention_mask"])
+        with self.prefix_cache.feeding(states):
+            return self._logits(batch)
+
+    def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.mean_pool is None:
             return self.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         with self.mean_pool.masked(batch["attention_mask"]):

@@ -18,7 +18,11 @@ def build(cfg: DictConfig, method=None):
     check_modality(cfg.model, datamodule)
     model = instantiate(cfg.model, **make_task(task_of(datamodule)).model_arguments(datamodule))
     datamodule.use_model(model)
-    return datamodule, method.apply(model) if method is not None else model
+    if method is None:
+        return datamodule, model
+    model = method.apply(model)
+    model.plan_frozen_prefix(augmented=getattr(datamodule, "augment", None) is not None)  # text data's EDA
+    return datamodule, model
 
 
 EXAMPLE_MODELS = {"text": "model=e5_small", "image": "model=efficientnet_lite0",

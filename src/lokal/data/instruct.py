@@ -43,13 +43,15 @@ class InstructionDataModule(SplitDataModule):
         use_chat_template: bool = True,
         generate_examples: int = 5,
         max_new_tokens: int = 48,
+        packing: bool = False,
         **options,
     ) -> None:
-        """`options`: the shared settings (`settings`: split and loader keys; no k-fold)."""
+        """`packing`: each batch's examples concatenated into one padding-free row (`pack`).
+        `options`: the shared settings (`settings`: split and loader keys; no k-fold)."""
         super().__init__(**options)
         self.path, self.table = path, table
         self.prompt_column, self.response_column = prompt_column, response_column
-        self.dedup, self.use_chat_template = dedup, use_chat_template
+        self.dedup, self.use_chat_template, self.packing = dedup, use_chat_template, packing
         # shown after training: greedy answers to the first test prompts, next to the references
         self.generate_examples, self.max_new_tokens = generate_examples, max_new_tokens
         self.tokenizer, self.max_length = None, 256
@@ -157,6 +159,8 @@ class InstructionDataModule(SplitDataModule):
 
     def _collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         """Right padding; padded positions are masked out of attention and loss."""
+        if self.packing:
+            return pack(rows)
         width = max(len(r["input_ids"]) for r in rows)
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([r["input_ids"] + [pad] * (width - len(r["input_ids"])) for r in rows])
@@ -168,6 +172,21 @@ class InstructionDataModule(SplitDataModule):
         """Batches of similar length, as in TextDataModule: random groups in training, shortest first after."""
         return length_grouped_loader(self.datasets[split], train, self.settings.split.seed, collate_fn=self._collate,
                                      **self.settings.loader.kwargs())
+
+
+def pack(rows: list[dict]) -> dict[str, torch.Tensor]:
+    """The rows concatenated into one row without padding (transformers' DataCollatorWithFlattening).
+
+    `position_ids` restart at 0 for each example and there is no attention_mask: from them
+    transformers' mask builder (masking_utils, sdpa / eager / flex) makes a block-diagonal causal
+    mask, and flash-attention runs varlen, so no example attends to another. Each example's first
+    label is IGNORE, so the loss never scores a token predicted from the previous example. The
+    mean loss over response tokens equals the padded batch's (tests/test_gpu_path.py)."""
+    ids = [i for r in rows for i in r["input_ids"]]
+    labels = [y for r in rows for y in [IGNORE, *r["labels"][1:]]]
+    positions = [t for r in rows for t in range(len(r["input_ids"]))]
+    return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+            "position_ids": torch.tensor([positions])}  # each (1, sum of lengths)
 
 
 def random_split(n: int, val_fraction: float, test_fraction: float, seed: int, where: str) -> dict[str, np.ndarray]:

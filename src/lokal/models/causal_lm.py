@@ -45,9 +45,18 @@ class CausalLM(LokalModel):
     blocks = TextClassifier.blocks  # the same search for the transformer layers
 
     def forward(self, batch: dict[str, torch.Tensor]):
-        """HF's output; with `labels` in the batch its `.loss` is the mean over unmasked tokens."""
-        return self.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                        labels=batch.get("labels"))
+        """HF's output; with `labels` in the batch its `.loss` is the mean over unmasked tokens.
+        A packed batch (data.packing=true) has `position_ids` and no attention_mask."""
+        if "position_ids" in batch and getattr(getattr(self.net, "active_peft_config", None),
+                                               "is_prompt_learning", False):
+            raise LokalError("PEFT prompt methods drop position_ids, so packed examples would attend to each "
+                             "other: set data.packing=false with method=prompt")
+        # Packed: no KV cache either, as transformers separates packed examples only without one (with
+        # use_cache on, the default, they silently attend to each other). Only then: prefix tuning
+        # derives positions from the mask when the key is absent.
+        packed = {"position_ids": batch["position_ids"], "use_cache": False} if "position_ids" in batch else {}
+        return self.net(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                        labels=batch.get("labels"), **packed)
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[int], max_new_tokens: int, stop_ids: list[int] | None = None) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_resume import ENV, ROOT, VARYING
+from tests.test_resume import ENV, ROOT, comparable
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,7 @@ def run(overrides: list[str]) -> str:
 
 
 def metrics(folder: Path) -> dict:
-    return {k: v for k, v in json.loads((folder / "metrics.json").read_text()).items() if k not in VARYING}
+    return comparable(json.loads((folder / "metrics.json").read_text()))
 
 
 def common(tiny_text_models) -> list[str]:

@@ -250,19 +250,29 @@ def test_learning_curves_are_skipped_without_history(tmp_path):
 
 
 # -- a real run ------------------------------------------------------------------------------
+def trainer_test_scores(monkeypatch) -> dict:
+    """Filled, during the next run, with what trainer.test scores with its best checkpoint: the
+    run itself scores test from its predictions (one pass), so they must agree."""
+    from lokal.tasks.classification import Classification
+
+    scored, real_evaluate = {}, Classification.evaluate
+
+    def evaluate(task, trainer, module, datamodule):
+        metrics = real_evaluate(task, trainer, module, datamodule)
+        assert not any(k.startswith("test/") for k in metrics)
+        best = trainer.checkpoint_callback.best_model_path
+        scored.update(trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0])
+        return metrics
+
+    monkeypatch.setattr(Classification, "evaluate", evaluate)
+    return scored
+
+
 @pytest.mark.integration
 def test_a_run_writes_predictions_that_agree_with_metrics_and_the_best_checkpoint(run_dir, monkeypatch):
     import lokal.run
-    from lokal.tasks.classification import Classification
 
-    scored = {}
-
-    def evaluate(task, trainer, module, datamodule):  # what trainer.test scored with the best checkpoint
-        scored.update(real_evaluate(task, trainer, module, datamodule))
-        return scored
-
-    real_evaluate = Classification.evaluate
-    monkeypatch.setattr(Classification, "evaluate", evaluate)
+    scored = trainer_test_scores(monkeypatch)
     cfg = compose(FAST + ["data.batch_size=16", "model.max_length=32"], run_dir)
     metrics = lokal.run.train(cfg)
 
@@ -315,10 +325,8 @@ def test_a_subgroup_column_the_data_lacks_stops_the_run_before_training(run_dir,
 def test_predictions_match_trainer_test_under_bf16_autocast(run_dir, tmp_path, tiny_text_models, monkeypatch):
     """The predictions run in the trainer's precision context and score in fp32, as its test step does."""
     import lokal.run
-    from lokal.tasks.classification import Classification
 
-    scored, real_evaluate = {}, Classification.evaluate
-    monkeypatch.setattr(Classification, "evaluate", lambda *args: scored.update(real_evaluate(*args)) or scored)
+    scored = trainer_test_scores(monkeypatch)
     texts = write_texts(tmp_path / "many.csv", 240)
     metrics = lokal.run.train(compose(tiny_run(texts, tiny_text_models, "trainer.precision=bf16-mixed",
                                                "trainer.max_epochs=2"), run_dir))

@@ -28,7 +28,13 @@ TEXT = ["trainer.max_epochs=2", "trainer.limit_train_batches=8", "trainer.limit_
         "trainer.limit_test_batches=2", "trainer.enable_progress_bar=false", "model.max_length=32",
         "data.batch_size=16", "data.augment={delete:0.1,swap:0.1}",
         "callbacks.last_checkpoint.every_n_train_steps=3", "evaluation.plots=false", "evaluation.forgetting=false"]
-VARYING = {"train_time_s", "peak_memory_mb"}  # the only numbers allowed to differ
+
+
+def comparable(metrics: dict) -> dict:
+    """The metrics two identical runs must agree on: all but time and memory."""
+    from lokal.training.timeline import is_timing
+
+    return {k: v for k, v in metrics.items() if not is_timing(k)}
 
 
 def start(overrides: list[str], output_dir: Path) -> subprocess.Popen:
@@ -57,7 +63,7 @@ def the_run(output_dir: Path) -> Path:
 
 
 def results(run: Path) -> tuple[dict, list]:
-    metrics = {k: v for k, v in json.loads((run / "metrics.json").read_text()).items() if k not in VARYING}
+    metrics = comparable(json.loads((run / "metrics.json").read_text()))
     with open(run / "metrics.csv") as f:
         losses = sorted((int(r["step"]), r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss"))
     return metrics, losses
@@ -144,8 +150,7 @@ def test_a_crashed_run_resumes_exactly_from_any_step(crash_at, tmp_path, tiny_te
     with pytest.raises(RuntimeError, match="crash"):
         train(compose(crashing, tmp_path / "b"))
     resumed = train(compose(overrides, tmp_path / "b"))
-    assert {k: v for k, v in resumed.items() if k not in VARYING} == {
-        k: v for k, v in expected.items() if k not in VARYING}
+    assert comparable(resumed) == comparable(expected)
 
 
 def test_a_finished_run_folder_returns_its_metrics_without_training(run_dir):

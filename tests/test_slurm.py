@@ -34,7 +34,6 @@ LONGER = ["trainer.max_steps=40", "trainer.limit_train_batches=20",
           "callbacks.last_checkpoint.every_n_train_steps=5", *TINY]
 LAUNCHER = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=20"]
 # What differs between two identical runs: how long they took and how much memory they peaked at.
-NOT_COMPARED = {"train_time_s", "peak_memory_mb", "peak_gpu_memory_mb"}
 
 
 def slurm_down_reason() -> str | None:
@@ -121,8 +120,10 @@ def signal_when_checkpointed(job: str, checkpoint: Path, done, timeout: float = 
 
 
 def comparable(run_dir: Path) -> dict:
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {k: v for k, v in metrics.items() if k not in NOT_COMPARED}
+    """The metrics two identical runs must agree on: all but time and memory."""
+    from lokal.training.timeline import is_timing
+
+    return {k: v for k, v in json.loads((run_dir / "metrics.json").read_text()).items() if not is_timing(k)}
 
 
 # -- bad input: no cluster needed --------------------------------------------------------------

@@ -37,6 +37,7 @@ def check_run_dir(run_dir, metrics) -> dict:
     assert CONTRACT_KEYS <= saved.keys()
     assert saved == pytest.approx(metrics)
     assert 0 < saved["trainable_params"] < saved["total_params"]
+    check_timeline(saved)
     with open(run_dir / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert any(r.get("train/loss") for r in rows) and any(r.get("val/accuracy") for r in rows)
@@ -44,6 +45,17 @@ def check_run_dir(run_dir, metrics) -> dict:
         assert image.format == "PNG" and image.width > 100
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     return saved
+
+
+def check_timeline(saved: dict) -> None:
+    """Every phase from launch to the scored checkpoint, positive, adding up to the time to the
+    first step; training is the fit loop's steps, inside the run's train_time_s."""
+    from lokal.training.timeline import PHASES
+
+    phases = [saved[f"time/{p}_s"] for p in PHASES]
+    assert all(t >= 0 for t in phases) and saved["time/to_first_step_s"] > 0  # training: 0 with one step
+    assert sum(phases[:4]) == pytest.approx(saved["time/launch_to_first_step_s"], abs=0.05)
+    assert saved["time/training_s"] <= saved["train_time_s"]
 
 
 def test_lora_on_the_shipped_indonesian_corpus(run_dir):

@@ -46,38 +46,53 @@ def train(cfg: DictConfig) -> dict:
 def train_run(cfg: DictConfig) -> dict:
     """One run of any task (lokal.tasks): measure the bars to beat, train, score the best
     checkpoint, write everything to `paths.run_dir` (metrics.json last)."""
-    import lightning as L
     from hydra.utils import instantiate
 
     from lokal.evaluation import evaluation_settings
-    from lokal.training.console import quiet_libraries
-    from lokal.training.system import tune_malloc
+    from lokal.training.timeline import Timeline
 
-    if logging.getLogger().handlers:  # Hydra already logs to the console and train.log:
-        logging.getLogger("lightning").handlers.clear()  # drop lightning's own copy of each line
+    timeline = Timeline()
+    timeline.mark("start")
+    prepare_process(cfg.seed)
     run_dir = Path(cfg.paths.run_dir)
-    tune_malloc()
-    quiet_libraries()
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
     method = instantiate(cfg.method)
     settings = evaluation_settings(cfg)  # before training: a misspelled evaluation key fails now
     datamodule, model = build(cfg, method)
+    timeline.mark("data_and_model")
     task = make_task(task_of(datamodule), settings)
     base = forgetting_base(model, settings)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     module = task.module(model, instantiate(cfg.optimizer), scheduler, instantiate(cfg.loss), method, datamodule)
-    trainer = make_trainer(cfg)
+    trainer = make_trainer(cfg, model, timeline)
     write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     before = task.before_training(module, datamodule, trainer)
+    timeline.mark("baselines")
 
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(run_dir))
     train_time = round(time.perf_counter() - start, 2)
     metrics = task.evaluate(trainer, module, datamodule) | before | {"train_time_s": train_time}
     metrics |= measure_forgetting(base, module.model, settings)
+    timeline.mark("scoring")
+    metrics |= timeline.metrics()
     if trainer.is_global_zero:
         metrics = task.write_outputs(trainer, module, datamodule, metrics, run_dir)
     return metrics
+
+
+def prepare_process(seed: int) -> None:
+    """One console line per message, library notes silenced, glibc's allocator kept from
+    returning buffers every step, every RNG seeded."""
+    import lightning as L
+
+    from lokal.training.console import quiet_libraries
+    from lokal.training.system import tune_malloc
+
+    if logging.getLogger().handlers:  # Hydra already logs to the console and train.log:
+        logging.getLogger("lightning").handlers.clear()  # drop lightning's own copy of each line
+    tune_malloc()
+    quiet_libraries()
+    L.seed_everything(seed, workers=True, verbose=False)
 
 
 def forgetting_base(model, settings):

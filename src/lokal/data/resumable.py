@@ -34,8 +34,13 @@ def mix_seed(*parts: int) -> int:
 
 
 def seed_all(seed: int) -> None:
-    """Seed torch (CPU and CUDA), numpy and random: everything an augmentation may draw from."""
-    torch.manual_seed(seed)
+    """Seed torch (CPU, and CUDA once in use), numpy and random: everything an augmentation may
+    draw from. Not `torch.manual_seed`: before CUDA/XPU start it queues a lazy seed call per
+    device with a formatted stack trace, 1.8 ms per call under Lightning's deep stack: 4.5 s of
+    a 37 s MiniLM run seeding each of its 2,517 samples."""
+    torch.default_generator.manual_seed(seed)
+    if torch.cuda.is_initialized():
+        torch.cuda.manual_seed_all(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
 

@@ -46,16 +46,18 @@ def evaluation_settings(cfg) -> Evaluation:
     return instantiate(node) if node is not None else Evaluation()
 
 
-def best_checkpoint_scores(trainer, module, datamodule, losses: bool = True) -> dict:
+def best_checkpoint_scores(trainer, module, datamodule, losses: bool = True, test: bool = True) -> dict:
     """Validation and test once each, with the best checkpoint (by the configured monitor; the last
-    weights when there is none), plus size, memory, length of training and the data counts.
-    `losses=False` leaves out val/loss and test/loss (classifiers report metrics, not losses)."""
+    weights when there is none) left loaded in `module`, plus size, memory, length of training and
+    the data counts. `losses=False` leaves out val/loss and test/loss (classifiers report metrics,
+    not losses); `test=False` leaves the test split to the task, which scores it from its
+    predictions (one pass over the test split, not two)."""
     from lokal.training.system import peak_memory_mb
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
     best = best or None  # a path, not "best": Lightning warns that "best" is ambiguous with two checkpointers
     val = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
-    test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+    test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0] if test else {}
     scores = {k: v for k, v in {**val, **test}.items() if losses or not k.endswith("/loss")}
     metrics = scores | parameter_counts(module.model) | peak_memory_mb()
     metrics |= {"epochs": trainer.current_epoch, "steps": trainer.global_step}

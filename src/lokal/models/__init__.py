@@ -6,6 +6,7 @@ evaluation read (no attribute probing). A model class sets what it is as class a
 - `net`: the wrapped library model (HF / timm), the one thing a method changes;
 - `head_names`: modules of the new task head, which always train (none for generative models);
 - `blocks()`: name prefixes of the repeated blocks in order (partial, LLRD, side network, adapters);
+- `bf16_on_cpu`: whether bf16 was measured faster on an AMX CPU (trainer.precision=auto);
 - per-method defaults: `lora_targets` (from the model YAML), `ia3_targets` and `ia3_feedforward`
   ((IA)^3; the LoRA targets unless set), `peft_task_type` (PEFT's task type);
 - `forward(batch)`: logits (B, classes or labels) for classifiers, the HF output for generators.
@@ -29,6 +30,9 @@ class LokalModel(nn.Module):
     ia3_feedforward: list[str] = []
     tokenizer = None  # text models: their tokenizer
     data_config: dict | None = None  # image models: timm's input size and normalisation
+    # trainer.precision=auto trains in bf16 on a CPU with AMX only where this family measured
+    # faster at equal accuracy there (lokal.training.precision; README, "bf16 on CPU")
+    bf16_on_cpu: bool = False
 
     @property
     def ia3_targets(self) -> list[str]:

@@ -107,7 +107,8 @@ class Classification:
     def evaluate(self, trainer, module, data) -> dict:
         from lokal.evaluation import best_checkpoint_scores
 
-        return best_checkpoint_scores(trainer, module, data, losses=False)
+        # test/* come from the test predictions written next (write_outputs): one test pass
+        return best_checkpoint_scores(trainer, module, data, losses=False, test=False)
 
     def write_outputs(self, trainer, module, data, metrics: dict, run_dir: Path) -> dict:
         from lokal.training.wandb import log_run_to_wandb
@@ -130,8 +131,8 @@ def data_name(datamodule) -> str:
 
 
 def predict_test(trainer, module, datamodule):
-    """The test split's predictions (Contract A) by the weights `trainer.test` just scored (the
-    best checkpoint, which it loaded into `module`), on the trainer's device and precision."""
+    """The test split's predictions (Contract A) by the best checkpoint (which `trainer.validate`
+    loaded into `module`), on the trainer's device and precision."""
     from lokal.evaluation import predict_split
 
     return predict_split(module, datamodule, "test", trainer.strategy.root_device,

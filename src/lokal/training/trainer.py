@@ -15,11 +15,16 @@ from omegaconf import DictConfig
 from lokal.training.rundir import resume_checkpoint
 
 
-def make_trainer(cfg: DictConfig):
+def make_trainer(cfg: DictConfig, model, *extra_callbacks):
     """The configured Trainer, plus what resuming needs: checkpoints written atomically, Slurm's
     SIGUSR1 left to lokal.training.preemption.Requeue (Lightning's own auto-requeue saves mid-step), and a
-    resumed run logging to its W&B run of before."""
+    resumed run logging to its W&B run of before. `trainer.precision=auto` becomes the measured
+    choice for `model` (lokal.training.precision). `extra_callbacks`: lokal's own (the run's Timeline)."""
     from hydra.utils import instantiate
+
+    from lokal.training.precision import resolve_precision
+
+    resolve_precision(cfg.trainer, model)
 
     run_dir = Path(cfg.paths.run_dir)
     resuming = resume_checkpoint(run_dir) is not None
@@ -27,7 +32,7 @@ def make_trainer(cfg: DictConfig):
     return instantiate(
         cfg.trainer,
         logger=[instantiate(c, **wandb_resume(c, run_dir) if resuming else {}) for c in cfg.logger.values()],
-        callbacks=with_progress_bar([instantiate(c) for c in cfg.callbacks.values()], cfg.trainer),
+        callbacks=with_progress_bar([*(instantiate(c) for c in cfg.callbacks.values()), *extra_callbacks], cfg.trainer),
         plugins=trainer_plugins(cfg.trainer),
     )
 

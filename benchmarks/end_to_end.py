@@ -2,14 +2,17 @@
 teach it (dynamic padding, no length grouping), on the same split, model, method, epochs, batch,
 learning rate and schedule, back to back (A B A B ...), each run in its own process.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/end_to_end.py [--seeds 42 1 2] [--repeats 2]
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/end_to_end.py [--seeds 42 1 2] [--repeats 2] [--hf-tuned]
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/end_to_end.py --quick   # a 2-step smoke run of both
 
 The split is lokal's own of the shipped corpus (deduplicated, stratified by seed), written as
 train/val/test CSV tables that both sides read: lokal through `data.path=DIR` (split tables), HF
 through `datasets`. Both: MiniLM-L6 (model=minilm) + LoRA r8 alpha 16 dropout 0.1 on query/value,
 max length 64, batch 32, AdamW lr 2e-3 weight decay 0.01, 10% linear warmup then cosine to 0,
-3 epochs, the checkpoint with the best validation accuracy tested once at the end.
+3 epochs, the checkpoint with the best validation accuracy tested once at the end. Each side in
+its defaults otherwise: lokal's `trainer.precision=auto` (bf16 autocast on a CPU with AMX), HF
+Trainer fp32. `--hf-tuned` adds a third side, HF Trainer with `bf16=True, train_sampling_strategy="group_by_length"`:
+what a user gets from HF by setting the two flags that lokal sets by itself.
 
 Reported per run: wall time (process start to exit), training time (the fit loop as each side
 reports it), time to the first optimizer step (from process start), peak resident memory of the
@@ -83,22 +86,29 @@ def run_lokal(tables: Path, work: Path, seed: int, quick: bool) -> dict:
             "test_accuracy": metrics["test/accuracy"]}
 
 
-def run_hf(tables: Path, work: Path, seed: int, quick: bool) -> dict:
+def run_hf(tables: Path, work: Path, seed: int, quick: bool, tuned: bool = False) -> dict:
     out = work / f"hf-{time.time_ns()}"
     start = time.time()
     done = subprocess.run([sys.executable, __file__, "--hf-child", str(tables), str(out), str(seed),
-                           *(["--quick"] if quick else [])], cwd=ROOT, capture_output=True, text=True)
+                           *(["--quick"] if quick else []), *(["--tuned"] if tuned else [])],
+                          cwd=ROOT, capture_output=True, text=True)
     wall = time.time() - start
     if done.returncode:
         raise RuntimeError(f"HF Trainer failed:\n{done.stderr[-3000:]}")
     result = json.loads((out / "result.json").read_text())
-    return {"side": "hf", "seed": seed, "wall_s": wall, "train_s": result["train_s"],
+    return {"side": "hf tuned" if tuned else "hf", "seed": seed, "wall_s": wall, "train_s": result["train_s"],
             "first_step_s": result["first_step_at"] - start, "peak_mb": result["peak_mb"],
             "test_accuracy": result["test_accuracy"]}
 
 
-def hf_child(tables: Path, out: Path, seed: int, quick: bool) -> None:
-    """HF Trainer + PEFT as the PEFT sequence-classification guide does it, in this process."""
+def run_hf_tuned(tables: Path, work: Path, seed: int, quick: bool) -> dict:
+    return run_hf(tables, work, seed, quick, tuned=True)
+
+
+def hf_child(tables: Path, out: Path, seed: int, quick: bool, tuned: bool = False) -> None:
+    """HF Trainer + PEFT as the PEFT sequence-classification guide does it, in this process;
+    `tuned`: plus the two flags that give it what lokal does by default on an AMX CPU (bf16
+    autocast, batches grouped by length)."""
     import resource
 
     import numpy as np
@@ -137,7 +147,8 @@ def hf_child(tables: Path, out: Path, seed: int, quick: bool) -> None:
         per_device_eval_batch_size=s["batch_size"], learning_rate=s["lr"], weight_decay=s["weight_decay"],
         warmup_steps=s["warmup"], lr_scheduler_type="cosine", eval_strategy="epoch", save_strategy="epoch",
         load_best_model_at_end=True, metric_for_best_model="accuracy", save_total_limit=1, seed=seed,
-        report_to=[], logging_strategy="no", disable_tqdm=True, use_cpu=True)
+        report_to=[], logging_strategy="no", disable_tqdm=True, use_cpu=True, bf16=tuned,
+        train_sampling_strategy="group_by_length" if tuned else "random")
     if quick:
         args.eval_strategy = args.save_strategy = "steps"
         args.eval_steps = args.save_steps = QUICK["max_steps"]
@@ -160,16 +171,20 @@ def table(rows: list[dict]) -> str:
     keys = ("wall_s", "train_s", "first_step_s", "peak_mb", "test_accuracy")
     lines = ["| side | runs | " + " | ".join(keys) + " |", "|---|---:|" + "---:|" * len(keys)]
     means = {}
-    for side in ("hf", "lokal"):
+    for side in ("hf", "hf tuned", "lokal"):
         mine = [r for r in rows if r["side"] == side]
+        if not mine:
+            continue
         means[side] = {k: statistics.mean(v) if (v := [r[k] for r in mine if r[k] is not None]) else None
                        for k in keys}
         cells = [" / ".join("-" if r[k] is None else f"{r[k]:.3f}" if k == "test_accuracy" else f"{r[k]:.0f}"
                             for r in mine) for k in keys]
         lines.append(f"| {side} | {len(mine)} | " + " | ".join(cells) + " |")
-    ratios = [f"{means['lokal'][k] / means['hf'][k]:.2f}" if means["lokal"][k] and means["hf"][k] else "-"
-              for k in keys]
-    lines.append("| lokal / hf (means) | | " + " | ".join(ratios) + " |")
+    for other in ("hf", "hf tuned"):
+        if other in means and "lokal" in means:
+            ratios = [f"{means['lokal'][k] / means[other][k]:.2f}" if means["lokal"][k] and means[other][k] else "-"
+                      for k in keys]
+            lines.append(f"| lokal / {other} (means) | | " + " | ".join(ratios) + " |")
     return "\n".join(lines)
 
 
@@ -178,19 +193,22 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
     parser.add_argument("--repeats", type=int, default=1, help="A B pairs per seed")
     parser.add_argument("--quick", action="store_true", help="2 training steps each: checks the harness")
+    parser.add_argument("--hf-tuned", action="store_true",
+                        help="also HF Trainer with bf16=True and length-grouped batches")
+    parser.add_argument("--tuned", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--hf-child", nargs=3, metavar=("TABLES", "OUT", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.hf_child:
         tables, out, seed = args.hf_child
-        return hf_child(Path(tables), Path(out), int(seed), args.quick)
+        return hf_child(Path(tables), Path(out), int(seed), args.quick, args.tuned)
     rows = []
     with tempfile.TemporaryDirectory(prefix="lokal-e2e-") as tmp:
         for seed in args.seeds:
             tables = Path(tmp) / f"split-{seed}"
             print(f"seed {seed}: split {write_split(tables, seed)}", flush=True)
             for _ in range(args.repeats):  # A B: the same machine state for both sides
-                for run in (run_lokal, run_hf):
+                for run in (run_lokal, run_hf, *([run_hf_tuned] if args.hf_tuned else [])):
                     rows.append(run(tables, Path(tmp), seed, args.quick))
                     print(json.dumps(rows[-1]), flush=True)
     print(table(rows))

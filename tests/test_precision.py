@@ -69,3 +69,24 @@ def test_the_shipped_trainer_configs_ask_for_auto():
 def test_cpu_flags_reads_this_machine():
     flags = precision.cpu_flags()
     assert isinstance(flags, frozenset) and (not flags or "fpu" in flags or "neon" in flags or "asimd" in flags)
+
+
+def test_bf16_on_a_cpu_trains_in_bf16_and_scores_in_fp32(cpu):
+    """bf16 logits tie (AUROC); predictions must equal what `lokal predict` computes in fp32."""
+    import torch
+
+    cpu("amx_bf16")
+    [plugin] = precision.precision_plugins(OmegaConf.create({"accelerator": "cpu", "precision": "bf16-mixed"}))
+    layer, x = torch.nn.Linear(4, 4), torch.randn(2, 4)
+    with plugin.train_step_context():
+        assert layer(x).dtype == torch.bfloat16
+    for context in (plugin.val_step_context, plugin.test_step_context, plugin.predict_step_context):
+        with context():
+            assert layer(x).dtype == torch.float32
+
+
+@pytest.mark.parametrize("trainer_cfg", [{"accelerator": "cpu", "precision": "32-true"},
+                                         {"accelerator": "cpu", "precision": "bf16-mixed", "strategy": "deepspeed"}])
+def test_other_precisions_keep_lightnings_own_plugin(cpu, trainer_cfg):
+    cpu("amx_bf16")
+    assert precision.precision_plugins(OmegaConf.create(trainer_cfg)) == []

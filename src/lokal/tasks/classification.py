@@ -136,7 +136,7 @@ def predict_test(trainer, module, datamodule):
     from lokal.evaluation import predict_split
 
     return predict_split(module, datamodule, "test", trainer.strategy.root_device,
-                         trainer.precision_plugin.forward_context())
+                         trainer.precision_plugin.test_step_context())
 
 
 def subgroup_metrics(predictions, settings, run_dir: Path) -> dict:

@@ -128,7 +128,7 @@ def split_probabilities(trainer, module, data, split: str) -> np.ndarray:
     from lokal.evaluation import split_probabilities as probabilities
 
     return probabilities(module, data, split, trainer.strategy.root_device,
-                         trainer.precision_plugin.forward_context(), multi_label=True)
+                         trainer.precision_plugin.test_step_context(), multi_label=True)
 
 
 def write_predictions(data, probs: np.ndarray, thresholds: np.ndarray, run_dir: Path) -> None:

@@ -20,6 +20,8 @@ HARMLESS_WARNINGS = (
     (r".*isinstance\(treespec, LeafSpec\)", Warning, r"lightning\.pytorch\.utilities\._pytree"),  # torch 2.14
     (r".*The `srun` command is available on your system", Warning,
      r"lightning\.fabric\.plugins\.environments\.slurm"),  # lokal launches Slurm jobs itself
+    (r".*module\(s\) in eval mode at the start of training", Warning,
+     r"lightning\.pytorch\.loops\.fit_loop"),  # the frozen-prefix cache keeps its prefix in eval mode on purpose
     (r".*is smaller than the logging interval", Warning,
      r"lightning\.pytorch\.loops\.fit_loop"),  # small data sets: logged at the epoch's end
     (r".*does not have many workers which may be a bottleneck", Warning,

@@ -22,9 +22,10 @@ def make_trainer(cfg: DictConfig, model, *extra_callbacks):
     choice for `model` (lokal.training.precision). `extra_callbacks`: lokal's own (the run's Timeline)."""
     from hydra.utils import instantiate
 
-    from lokal.training.precision import resolve_precision
+    from lokal.training.precision import precision_plugins, resolve_precision
 
     resolve_precision(cfg.trainer, model)
+    precision = precision_plugins(cfg.trainer)  # bf16 on a CPU: training steps only
 
     run_dir = Path(cfg.paths.run_dir)
     resuming = resume_checkpoint(run_dir) is not None
@@ -33,7 +34,8 @@ def make_trainer(cfg: DictConfig, model, *extra_callbacks):
         cfg.trainer,
         logger=[instantiate(c, **wandb_resume(c, run_dir) if resuming else {}) for c in cfg.logger.values()],
         callbacks=with_progress_bar([*(instantiate(c) for c in cfg.callbacks.values()), *extra_callbacks], cfg.trainer),
-        plugins=trainer_plugins(cfg.trainer),
+        plugins=trainer_plugins(cfg.trainer) + precision,
+        **({"precision": None} if precision else {}),  # the plugin is the precision
     )
 
 

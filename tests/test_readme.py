@@ -195,6 +195,7 @@ NOT_RUN = {
                              "to a real single-node Slurm",
     r"^sbatch ": "needs Slurm: tests/test_slurm.py runs the scripts on a real single-node Slurm",
     r"^sudo bash slurm/setup_local.sh$": "installs Slurm as root (CI runs it before tests/test_slurm.py)",
+    r"benchmarks/gpu\.py": "needs a GPU machine: tests/test_gpu_benchmark.py runs it with --quick on the CPU (slow)",
 }
 # The data each training command reads, found from its data= or experiment= choice.
 EXPERIMENT_DATA = {"indo_gemma": "indo_sentiment", "indo_instruct": "indo_instruct", "mine": "reviews"}

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import ab
+
+ROOT = ab.ROOT
 SETTINGS = {"epochs": 3, "batch_size": 32, "max_length": 64, "lr": 2e-3, "weight_decay": 0.01, "warmup": 0.1,
             "r": 8, "alpha": 16, "dropout": 0.1, "targets": ["query", "value"]}
 QUICK = {"epochs": 1, "max_steps": 2}
@@ -74,31 +74,13 @@ def lokal_command(tables: Path, run_dir: Path, seed: int, quick: bool) -> list[s
 
 def run_lokal(tables: Path, work: Path, seed: int, quick: bool) -> dict:
     run_dir = work / f"lokal-{time.time_ns()}"
-    start = time.time()
-    done = subprocess.run(lokal_command(tables, run_dir, seed, quick), cwd=ROOT, capture_output=True, text=True)
-    wall = time.time() - start
-    if done.returncode:
-        raise RuntimeError(f"lokal failed:\n{done.stderr[-3000:]}")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    first = metrics.get("first_step_at")  # None until lokal runs record when their first step happened
-    return {"side": "lokal", "seed": seed, "wall_s": wall, "train_s": metrics["train_time_s"],
-            "first_step_s": first - start if first else None, "peak_mb": metrics["peak_memory_mb"],
-            "test_accuracy": metrics["test/accuracy"]}
+    return ab.run_train_py(lokal_command(tables, run_dir, seed, quick), run_dir, seed)
 
 
 def run_hf(tables: Path, work: Path, seed: int, quick: bool, tuned: bool = False) -> dict:
     out = work / f"hf-{time.time_ns()}"
-    start = time.time()
-    done = subprocess.run([sys.executable, __file__, "--hf-child", str(tables), str(out), str(seed),
-                           *(["--quick"] if quick else []), *(["--tuned"] if tuned else [])],
-                          cwd=ROOT, capture_output=True, text=True)
-    wall = time.time() - start
-    if done.returncode:
-        raise RuntimeError(f"HF Trainer failed:\n{done.stderr[-3000:]}")
-    result = json.loads((out / "result.json").read_text())
-    return {"side": "hf tuned" if tuned else "hf", "seed": seed, "wall_s": wall, "train_s": result["train_s"],
-            "first_step_s": result["first_step_at"] - start, "peak_mb": result["peak_mb"],
-            "test_accuracy": result["test_accuracy"]}
+    args = [str(tables), str(out), str(seed), *(["--quick"] if quick else []), *(["--tuned"] if tuned else [])]
+    return ab.run_child(__file__, "--hf-child", args, "hf tuned" if tuned else "hf", seed, out)
 
 
 def run_hf_tuned(tables: Path, work: Path, seed: int, quick: bool) -> dict:
@@ -167,27 +149,6 @@ def hf_child(tables: Path, out: Path, seed: int, quick: bool, tuned: bool = Fals
                                                  "test_accuracy": test["test_accuracy"]}))
 
 
-def table(rows: list[dict]) -> str:
-    keys = ("wall_s", "train_s", "first_step_s", "peak_mb", "test_accuracy")
-    lines = ["| side | runs | " + " | ".join(keys) + " |", "|---|---:|" + "---:|" * len(keys)]
-    means = {}
-    for side in ("hf", "hf tuned", "lokal"):
-        mine = [r for r in rows if r["side"] == side]
-        if not mine:
-            continue
-        means[side] = {k: statistics.mean(v) if (v := [r[k] for r in mine if r[k] is not None]) else None
-                       for k in keys}
-        cells = [" / ".join("-" if r[k] is None else f"{r[k]:.3f}" if k == "test_accuracy" else f"{r[k]:.0f}"
-                            for r in mine) for k in keys]
-        lines.append(f"| {side} | {len(mine)} | " + " | ".join(cells) + " |")
-    for other in ("hf", "hf tuned"):
-        if other in means and "lokal" in means:
-            ratios = [f"{means['lokal'][k] / means[other][k]:.2f}" if means["lokal"][k] and means[other][k] else "-"
-                      for k in keys]
-            lines.append(f"| lokal / {other} (means) | | " + " | ".join(ratios) + " |")
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
@@ -202,19 +163,10 @@ def main() -> None:
     if args.hf_child:
         tables, out, seed = args.hf_child
         return hf_child(Path(tables), Path(out), int(seed), args.quick, args.tuned)
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="lokal-e2e-") as tmp:
-        for seed in args.seeds:
-            tables = Path(tmp) / f"split-{seed}"
-            print(f"seed {seed}: split {write_split(tables, seed)}", flush=True)
-            for _ in range(args.repeats):  # A B: the same machine state for both sides
-                for run in (run_lokal, run_hf, *([run_hf_tuned] if args.hf_tuned else [])):
-                    rows.append(run(tables, Path(tmp), seed, args.quick))
-                    print(json.dumps(rows[-1]), flush=True)
-    print(table(rows))
-    if args.out:
-        args.out.write_text(json.dumps(rows, indent=1))
-
+    sides = [run_lokal, run_hf, *([run_hf_tuned] if args.hf_tuned else [])]
+    rows = ab.back_to_back(args.seeds, args.repeats, write_split,
+                           [partial(side, quick=args.quick) for side in sides], prefix="lokal-e2e-")
+    ab.report(rows, ("hf", "hf tuned", "lokal"), ("hf", "hf tuned"), args.out)
 
 if __name__ == "__main__":
     main()

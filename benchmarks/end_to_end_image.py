@@ -32,14 +32,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import ab
+
+ROOT = ab.ROOT
 SETTINGS = {"image_size": 64, "epochs": 5, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.01, "warmup": 0.1,
             "last_n_blocks": 2, "fractions": (0.6, 0.2, 0.2)}
 # timm.data.create_transform options for training images, on both sides
@@ -92,31 +92,13 @@ def run_lokal(data: Path, work: Path, seed: int, quick: bool) -> dict:
     user's first run; ~/.cache is left alone)."""
     run_dir = work / f"lokal-{time.time_ns()}"
     env = os.environ | {"LOKAL_DATA_CACHE": str(work / "lokal-cache")}
-    start = time.time()
-    done = subprocess.run(lokal_command(data, run_dir, seed, quick), cwd=ROOT, capture_output=True, text=True,
-                          env=env)
-    wall = time.time() - start
-    if done.returncode:
-        raise RuntimeError(f"lokal failed:\n{done.stderr[-3000:]}")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    first = metrics.get("first_step_at")  # None until lokal runs record when their first step happened
-    return {"side": "lokal", "seed": seed, "wall_s": wall, "train_s": metrics["train_time_s"],
-            "first_step_s": first - start if first else None, "peak_mb": metrics["peak_memory_mb"],
-            "trainable": metrics["trainable_params"], "test_accuracy": metrics["test/accuracy"]}
+    return ab.run_train_py(lokal_command(data, run_dir, seed, quick), run_dir, seed, env=env)
 
 
 def run_plain(data: Path, work: Path, seed: int, quick: bool) -> dict:
     out = work / f"plain-{time.time_ns()}"
-    start = time.time()
-    done = subprocess.run([sys.executable, __file__, "--plain-child", str(data), str(out), str(seed),
-                           *(["--quick"] if quick else [])], cwd=ROOT, capture_output=True, text=True)
-    wall = time.time() - start
-    if done.returncode:
-        raise RuntimeError(f"the plain loop failed:\n{done.stderr[-3000:]}")
-    result = json.loads((out / "result.json").read_text())
-    return {"side": "plain", "seed": seed, "wall_s": wall, "train_s": result["train_s"],
-            "first_step_s": result["first_step_at"] - start, "peak_mb": result["peak_mb"],
-            "trainable": result["trainable"], "test_accuracy": result["test_accuracy"]}
+    args = [str(data), str(out), str(seed), *(["--quick"] if quick else [])]
+    return ab.run_child(__file__, "--plain-child", args, "plain", seed, out)
 
 
 def plain_model(classes: int):
@@ -236,25 +218,6 @@ def plain_child(data: Path, out: Path, seed: int, quick: bool) -> None:
         "trainable": sum(p.numel() for p in net.parameters() if p.requires_grad)}))
 
 
-def table(rows: list[dict]) -> str:
-    """Each side's runs (seed order) and the ratio of the means, lokal / plain."""
-    keys = ("wall_s", "train_s", "first_step_s", "peak_mb", "test_accuracy")
-    lines = ["| side | runs | " + " | ".join(keys) + " |", "|---|---:|" + "---:|" * len(keys)]
-    means = {}
-    for side in SIDES:
-        mine = [r for r in rows if r["side"] == side]
-        means[side] = {k: statistics.mean(v) if (v := [r[k] for r in mine if r[k] is not None]) else None
-                       for k in keys}
-        cells = [" / ".join("-" if r[k] is None else f"{r[k]:.3f}" if k == "test_accuracy" else f"{r[k]:.0f}"
-                            for r in mine) + (f" (mean {means[side][k]:.3f})" if k == "test_accuracy" and mine else "")
-                 for k in keys]
-        lines.append(f"| {side} | {len(mine)} | " + " | ".join(cells) + " |")
-    ratios = [f"{means['lokal'][k] / means['plain'][k]:.2f}" if means["lokal"][k] and means["plain"][k] else "-"
-              for k in keys]
-    lines.append("| lokal / plain (means) | | " + " | ".join(ratios) + " |")
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
@@ -266,19 +229,10 @@ def main() -> None:
     if args.plain_child:
         data, out, seed = args.plain_child
         return plain_child(Path(data), Path(out), int(seed), args.quick)
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="lokal-e2e-image-") as tmp:
-        for seed in args.seeds:
-            data = Path(tmp) / f"digits-{seed}"
-            print(f"seed {seed}: split {write_digits(data, seed)}", flush=True)
-            for _ in range(args.repeats):  # A B: the same machine state for both sides
-                for run in (run_lokal, run_plain):
-                    rows.append(run(data, Path(tmp), seed, args.quick))
-                    print(json.dumps(rows[-1]), flush=True)
-    print(table(rows))
-    if args.out:
-        args.out.write_text(json.dumps(rows, indent=1))
-
+    rows = ab.back_to_back(args.seeds, args.repeats, write_digits,
+                           [partial(side, quick=args.quick) for side in (run_lokal, run_plain)],
+                           prefix="lokal-e2e-image-")
+    ab.report(rows, SIDES, ("plain",), args.out)
 
 if __name__ == "__main__":
     main()

@@ -20,7 +20,7 @@ class TextClassifier(LokalModel):
 
     modality = "text"
     task, tasks = "classification", ("classification", "multi_label")  # one logit per class, or per label
-    # measured on a 2-core Xeon with AMX (benchmarks/precision.py): steps 0.72x (MiniLM) and 0.75x
+    # measured on a 2-core Xeon with AMX (benchmarks/setting.py): steps 0.72x (MiniLM) and 0.75x
     # (e5) the fp32 time, test accuracy equal / 1 tweet of 259 lower, validation accuracy equal
     bf16_on_cpu = True
 

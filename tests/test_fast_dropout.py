@@ -60,11 +60,15 @@ def qkv_and_padding_mask():
     return q, k, v, attend
 
 
-def test_attention_with_dropout_is_the_eager_math_under_the_same_mask():
+@pytest.mark.parametrize("padded", [True, False])  # an encoder batch of equal lengths gets no mask
+def test_attention_with_dropout_is_the_eager_math_under_the_same_mask(padded):
     q, k, v, attend = qkv_and_padding_mask()
+    if not padded:
+        attend = torch.ones_like(attend)
     module = nn.Module()
+    module.is_causal = False
     torch.manual_seed(2)
-    out, _ = attention(module, q, k, v, attend, dropout=0.2, scaling=0.3)
+    out, _ = attention(module, q, k, v, attend if padded else None, dropout=0.2, scaling=0.3)
     torch.manual_seed(2)
     keep, scale = keep_mask(torch.Size([3, 4, 7, 7]), 0.2, q.device)
     weights = torch.softmax((q @ k.transpose(2, 3) * 0.3).masked_fill(~attend, torch.finfo(q.dtype).min), -1)

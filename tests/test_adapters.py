@@ -234,3 +234,46 @@ def test_two_domains_trained_then_compared_and_exported(paths, tmp_path, capsys)
 
     with pytest.raises(LokalError, match="not a lokal run directory"):
         adapters_main([str(runs["bali"]), str(tmp_path)])
+
+
+# -- a head that reads the mean (model.pooling=mean, the default e5's) ---------------------------
+def mean_pooled_export(paths, tmp_path):
+    from lokal.models.text import TextClassifier
+
+    batch = make_batch("bert")
+    torch.manual_seed(0)
+    model = LoRA(r=4, alpha=8, dropout=0.0).apply(TextClassifier(str(paths["bert"]), num_classes=2, pooling="mean",
+                                                               lora_targets=LORA_TARGETS["bert"]))
+    for p in model.parameters():  # a trained adapter: LoRA's B starts at zero
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.2)
+    expected = logits(model, batch)
+    first_token = model.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.detach()
+    assert not torch.allclose(first_token, expected, atol=1e-3)  # the pooling matters on this batch
+    return export(merge(model, batch), tmp_path / "exported", ["neg", "pos"], batch), batch, expected
+
+
+def test_a_mean_pooled_model_exports_and_loads_with_plain_transformers(paths, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from lokal.runs.adapters import how_to_load
+    from lokal.runs.predict import ExportedText
+
+    out, batch, expected = mean_pooled_export(paths, tmp_path)
+    net = AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=True).eval()
+    plain = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.detach()
+    torch.testing.assert_close(plain, expected, atol=1e-5, rtol=0)
+    assert net.config.id2label == {0: "neg", 1: "pos"} and "trust_remote_code=True" in how_to_load(out)
+    torch.testing.assert_close(ExportedText(out)(batch).detach(), expected, atol=1e-5, rtol=0)  # lokal predict
+    with pytest.raises(ValueError, match="trust_remote_code"):  # never silently the first token
+        AutoModelForSequenceClassification.from_pretrained(out)
+
+
+def test_code_lokal_did_not_write_is_not_run(paths, tmp_path):
+    from lokal.runs.predict import ExportedText
+
+    out, _, _ = mean_pooled_export(paths, tmp_path)
+    code = out / "modeling_mean_pooling.py"
+    code.write_text(code.read_text() + "\nimport os  # changed\n")
+    with pytest.raises(LokalError, match="did not write"):
+        ExportedText(out)

@@ -1,6 +1,6 @@
 """model.pooling=mean: the head reads the mean of the real tokens' encoder states (what e5 and
 sentence-transformers were trained to embed), under every method; padding changes nothing; models
-without an encoder refuse it; a run pooled this way is not exported as a plain transformers model."""
+without an encoder refuse it; a run pooled this way exports (with its pooling code) and predicts alike."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def test_mean_pooling_still_applies_once_peft_wraps_the_model(tiny_text_models):
         assert torch.allclose(wrapped(batch), before, atol=1e-6)
 
 
-def test_a_mean_pooled_run_predicts_as_trained_and_refuses_a_plain_export(tiny_text_models, tmp_path):
+def test_a_mean_pooled_run_predicts_as_trained_and_its_export_predicts_the_same(tiny_text_models, tmp_path):
     from lokal.runs.adapters import export_run
     from lokal.runs.predict import predict
     from tests.test_predict import fake_run, probs_of, text_probs
@@ -86,9 +86,10 @@ def test_a_mean_pooled_run_predicts_as_trained_and_refuses_a_plain_export(tiny_t
     run_dir = tmp_path / "run"
     model = fake_run(run_dir, [f"model.name={tiny_text_models['bert']}", "model.pooling=mean"], ["neg", "pos"])
     (tmp_path / "new.txt").write_text("\n".join(TEXTS) + "\n")
+    trained = torch.tensor(text_probs(model, TEXTS))
     frame = predict(run_dir, [tmp_path / "new.txt"])
-    assert torch.allclose(torch.tensor(probs_of(frame, ["neg", "pos"])), torch.tensor(text_probs(model, TEXTS)),
-                          atol=1e-5)
-    with pytest.raises(LokalError, match="model.pooling=mean"):
-        export_run(run_dir, tmp_path / "exported")
-    assert not (tmp_path / "exported").exists()
+    assert torch.allclose(torch.tensor(probs_of(frame, ["neg", "pos"])), trained, atol=1e-5)
+    exported = export_run(run_dir, tmp_path / "exported")
+    assert (exported / "modeling_mean_pooling.py").is_file()
+    frame = predict(exported, [tmp_path / "new.txt"])  # lokal predict on the export folder
+    assert torch.allclose(torch.tensor(probs_of(frame, ["neg", "pos"])), trained, atol=1e-5)

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 from lokal.errors import LokalError
+from lokal.paths import CLASSES_FILE
+from lokal.runs.export_code import needs_lokal_code, write_mean_pooling
 from lokal.training.weights import ADAPTER_DIR, adapter_name, is_peft, load_buffers, load_into
 
 log = logging.getLogger(__name__)
@@ -288,13 +290,12 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     from lokal.runs.load import load_run
 
     datamodule, model = load_run(run_dir)
-    if getattr(model, "pooling", "first") != "first":
-        raise LokalError(f"{run_dir}: its model pools the mean of the token states (model.pooling=mean), which a "
-                         "plain transformers classifier cannot (it reads the first token); serve the run with "
-                         "`lokal predict` or lokal.load_run instead")
     batch = sample_batch(datamodule)
+    names = getattr(datamodule, "class_names", None)
+    if names is not None and (Path(run_dir) / CLASSES_FILE).is_file():  # the output order the run saved
+        names = json.loads((Path(run_dir) / CLASSES_FILE).read_text(encoding="utf-8"))
     try:
-        return export(merge(model, batch), out_dir, getattr(datamodule, "class_names", None), batch)
+        return export(merge(model, batch), out_dir, names, batch)
     except LokalError as err:
         method = OmegaConf.load(Path(run_dir) / "config.yaml").method._target_.rsplit(".", 1)[-1]
         raise LokalError(f"{run_dir} (method {method}) cannot be exported as a plain model: {err}. Methods that add "
@@ -309,12 +310,15 @@ def save_hf(model: nn.Module, folder: Path, class_names: list[str] | None) -> No
         net.config.label2id = {name: i for i, name in enumerate(class_names)}
     net.save_pretrained(folder)  # safetensors
     model.tokenizer.save_pretrained(folder)
+    if getattr(model, "pooling", "first") == "mean":  # transformers' own heads read the first token
+        write_mean_pooling(folder)
 
 
 def load_hf(folder: Path):
     import transformers
 
-    net = getattr(transformers, hf_auto_class(folder)).from_pretrained(folder).eval()
+    auto_class = getattr(transformers, hf_auto_class(folder))
+    net = auto_class.from_pretrained(folder, trust_remote_code=needs_lokal_code(folder)).eval()
     return lambda batch: net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
 
@@ -327,7 +331,8 @@ def hf_auto_class(folder: Path) -> str:
 def how_to_load(folder: Path) -> str:
     """One line telling the user how to load an exported folder without lokal."""
     if (folder / "tokenizer_config.json").is_file():
-        return (f"transformers.{hf_auto_class(folder)}.from_pretrained('{folder}') and "
+        trust = ", trust_remote_code=True" if needs_lokal_code(folder) else ""
+        return (f"transformers.{hf_auto_class(folder)}.from_pretrained('{folder}'{trust}) and "
                 f"AutoTokenizer.from_pretrained('{folder}')")
     return f"timm.create_model('local-dir:{folder}', pretrained=True)"
 

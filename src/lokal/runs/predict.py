@@ -237,12 +237,14 @@ class ExportedText:
         import transformers
 
         from lokal.models.text import load_tokenizer, quiet_transformers
+        from lokal.runs.export_code import needs_lokal_code
 
         architecture = json.loads((folder / "config.json").read_text())["architectures"][0]
         if not architecture.endswith("ForSequenceClassification"):
             raise LokalError(f"{folder} holds a {architecture}: `lokal predict` runs classifiers")
         with quiet_transformers():
-            self.net = transformers.AutoModelForSequenceClassification.from_pretrained(folder).eval()
+            self.net = transformers.AutoModelForSequenceClassification.from_pretrained(
+                folder, trust_remote_code=needs_lokal_code(folder)).eval()
             self.tokenizer = load_tokenizer(str(folder))
         # lokal's own max_length is not exported: the model's limit, capped as lokal's configs are
         self.max_length = min(self.tokenizer.model_max_length, 512)

@@ -317,8 +317,11 @@ def save_hf(model: nn.Module, folder: Path, class_names: list[str] | None) -> No
 def load_hf(folder: Path):
     import transformers
 
+    from lokal.models.text import quiet_transformers
+
     auto_class = getattr(transformers, hf_auto_class(folder))
-    net = auto_class.from_pretrained(folder, trust_remote_code=needs_lokal_code(folder)).eval()
+    with quiet_transformers():
+        net = auto_class.from_pretrained(folder, trust_remote_code=needs_lokal_code(folder)).eval()
     return lambda batch: net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
 

@@ -128,7 +128,9 @@ def adapters_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     from lokal.io import check_writable, write_json, write_text
     from lokal.runs.adapters import compare, to_markdown
+    from lokal.training.console import quiet_libraries
 
+    quiet_libraries()
     if args.out:
         check_writable(args.out)
 
@@ -150,7 +152,9 @@ def export_main(argv: list[str]) -> None:
     parser.add_argument("out", type=Path, metavar="OUT_DIR", help="a new (or empty) folder")
     args = parser.parse_args(argv)
     from lokal.runs.adapters import export_run, how_to_load
+    from lokal.training.console import quiet_libraries
 
+    quiet_libraries()
     out = export_run(args.run, args.out)
     print(f"{out}: load it without lokal with {how_to_load(out)}")
 
@@ -302,7 +306,9 @@ def predict_main(argv: list[str]) -> None:
     from lokal.io import check_writable
     from lokal.runs.predict import collect_inputs, load_predictor, predictions, print_predictions
     from lokal.runs.predict import write_predictions as write_csv
+    from lokal.training.console import quiet_libraries
 
+    quiet_libraries()
     run = args.source.resolve()
     run = run.parent if run.name == "adapter" else run  # RUN_DIR/adapter: named after its run
     out = check_writable(args.out or default_out("predict", run.name, ".csv"))

@@ -308,7 +308,10 @@ def save_hf(model: nn.Module, folder: Path, class_names: list[str] | None) -> No
     if class_names:  # classifiers: the pipeline and config show names, not LABEL_0
         net.config.id2label = dict(enumerate(class_names))
         net.config.label2id = {name: i for i, name in enumerate(class_names)}
-    net.save_pretrained(folder)  # safetensors
+    from lokal.models.text import quiet_transformers
+
+    with quiet_transformers():  # no "Writing model shards" bar
+        net.save_pretrained(folder)  # safetensors
     model.tokenizer.save_pretrained(folder)
     if getattr(model, "pooling", "first") == "mean":  # transformers' own heads read the first token
         write_mean_pooling(folder)

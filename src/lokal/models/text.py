@@ -121,18 +121,14 @@ class MeanIntoFirst:
             self.mask = None
 
     def pool(self, module, args, output):
+        from lokal.models.modeling_mean_pooling import mean_into_first  # the code `lokal export` ships
+
         if self.mask is None:
             return output
         states, mask = output[0], self.mask
         if mask.shape[1] < states.shape[1]:  # virtual tokens prepended by prompt tuning
             mask = torch.cat([mask.new_ones(mask.shape[0], states.shape[1] - mask.shape[1]), mask], dim=1)
-        weights = mask.unsqueeze(-1).to(states.dtype)
-        mean = (states * weights).sum(1) / weights.sum(1).clamp(min=1)
-        pooled = torch.cat([mean.unsqueeze(1), states[:, 1:]], dim=1)
-        if isinstance(output, tuple):
-            return (pooled, *output[1:])
-        output["last_hidden_state"] = pooled
-        return output
+        return mean_into_first(output, mask)
 
 
 def load_pretrained(auto_class, name: str, dtype: str, **kwargs) -> tuple:

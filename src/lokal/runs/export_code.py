@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import lokal.models
 from lokal.errors import LokalError
 
 CODE_FILE = "modeling_mean_pooling.py"
 CLASS, CONFIG_CLASS, MODEL_TYPE = "MeanPooledForSequenceClassification", "MeanPooledConfig", "lokal_mean_pooled"
-_TEMPLATE = Path(__file__).with_name(CODE_FILE)
+_TEMPLATE = Path(lokal.models.__file__).with_name(CODE_FILE)  # lokal trains with the same file
 _IMPORTS = ("from transformers import BertConfig as BaseConfig",
             "from transformers import BertForSequenceClassification as Base")
 

@@ -43,13 +43,17 @@ class MeanPooledForSequenceClassification(Base):
             self._mask = None
 
     def _mean_into_first(self, module, args, output):
-        if self._mask is None:
-            return output
-        states = output[0]
-        weights = self._mask.unsqueeze(-1).to(states.dtype)
-        mean = (states * weights).sum(1) / weights.sum(1).clamp(min=1)
-        pooled = torch.cat([mean.unsqueeze(1), states[:, 1:]], dim=1)
-        if isinstance(output, tuple):
-            return (pooled, *output[1:])
-        output["last_hidden_state"] = pooled
-        return output
+        return output if self._mask is None else mean_into_first(output, self._mask)
+
+
+def mean_into_first(output, mask: torch.Tensor):
+    """The encoder's output with its first position replaced by the mean of the states where
+    `mask` is 1 (lokal trains with this same function)."""
+    states = output[0]
+    weights = mask.unsqueeze(-1).to(states.dtype)
+    mean = (states * weights).sum(1) / weights.sum(1).clamp(min=1)
+    pooled = torch.cat([mean.unsqueeze(1), states[:, 1:]], dim=1)
+    if isinstance(output, tuple):
+        return (pooled, *output[1:])
+    output["last_hidden_state"] = pooled
+    return output

@@ -253,8 +253,8 @@ def mean_pooled_export(paths, tmp_path):
     return export(merge(model, batch), tmp_path / "exported", ["neg", "pos"], batch), batch, expected
 
 
-def test_a_mean_pooled_model_exports_and_loads_with_plain_transformers(paths, tmp_path):
-    from transformers import AutoModelForSequenceClassification
+def test_a_mean_pooled_model_exports_and_loads_with_plain_transformers(paths, tmp_path, monkeypatch):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from lokal.runs.adapters import how_to_load
     from lokal.runs.predict import ExportedText
@@ -263,8 +263,18 @@ def test_a_mean_pooled_model_exports_and_loads_with_plain_transformers(paths, tm
     net = AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=True).eval()
     plain = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.detach()
     torch.testing.assert_close(plain, expected, atol=1e-5, rtol=0)
-    assert net.config.id2label == {0: "neg", 1: "pos"} and "trust_remote_code=True" in how_to_load(out)
+    assert AutoTokenizer.from_pretrained(out, trust_remote_code=True).pad_token_id is not None
+    assert net.config.id2label == {0: "neg", 1: "pos"} and how_to_load(out).count("trust_remote_code=True") == 2
+    asked = []  # without the flag, transformers asks in a terminal whether to run the folder's code
+    load = AutoTokenizer.from_pretrained.__func__
+
+    def recording(cls, *args, **kwargs):
+        asked.append(kwargs.get("trust_remote_code"))
+        return load(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", classmethod(recording))
     torch.testing.assert_close(ExportedText(out)(batch).detach(), expected, atol=1e-5, rtol=0)  # lokal predict
+    assert asked == [True]
     with pytest.raises(ValueError, match="trust_remote_code"):  # never silently the first token
         AutoModelForSequenceClassification.from_pretrained(out)
 

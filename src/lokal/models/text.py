@@ -170,10 +170,12 @@ def explain_load_errors(name: str):
         ) from err
 
 
-def load_tokenizer(source: str):
+def load_tokenizer(source: str, trust_remote_code: bool = False):
+    """`trust_remote_code`: a `lokal export` folder of a mean-pooled model, whose config class is
+    in its code file (checked by lokal.runs.export_code before anyone passes True)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:  # GPT/LLaMA tokenizers ship without one
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -339,7 +339,7 @@ def how_to_load(folder: Path) -> str:
     if (folder / "tokenizer_config.json").is_file():
         trust = ", trust_remote_code=True" if needs_lokal_code(folder) else ""
         return (f"transformers.{hf_auto_class(folder)}.from_pretrained('{folder}'{trust}) and "
-                f"AutoTokenizer.from_pretrained('{folder}')")
+                f"AutoTokenizer.from_pretrained('{folder}'{trust})")
     return f"timm.create_model('local-dir:{folder}', pretrained=True)"
 
 

@@ -242,10 +242,11 @@ class ExportedText:
         architecture = json.loads((folder / "config.json").read_text())["architectures"][0]
         if not architecture.endswith("ForSequenceClassification"):
             raise LokalError(f"{folder} holds a {architecture}: `lokal predict` runs classifiers")
+        trust = needs_lokal_code(folder)
         with quiet_transformers():
             self.net = transformers.AutoModelForSequenceClassification.from_pretrained(
-                folder, trust_remote_code=needs_lokal_code(folder)).eval()
-            self.tokenizer = load_tokenizer(str(folder))
+                folder, trust_remote_code=trust).eval()
+            self.tokenizer = load_tokenizer(str(folder), trust_remote_code=trust)
         # lokal's own max_length is not exported: the model's limit, capped as lokal's configs are
         self.max_length = min(self.tokenizer.model_max_length, 512)
 

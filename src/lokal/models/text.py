@@ -105,7 +105,10 @@ class MeanIntoFirst:
     tuning's virtual tokens count as tokens). Other callers of the encoder see it unchanged."""
 
     def __init__(self, net: nn.Module) -> None:
+        from lokal.models.modeling_mean_pooling import mean_into_first  # the code `lokal export` ships
+
         self.mask: torch.Tensor | None = None
+        self.mean_into_first = mean_into_first  # imported once here, not on every forward
         encoder = getattr(getattr(net, net.base_model_prefix, None), "encoder", None)
         if encoder is None:
             raise LokalError(f"model.pooling=mean needs an encoder (BERT, RoBERTa, XLM-R ...); "
@@ -121,14 +124,12 @@ class MeanIntoFirst:
             self.mask = None
 
     def pool(self, module, args, output):
-        from lokal.models.modeling_mean_pooling import mean_into_first  # the code `lokal export` ships
-
         if self.mask is None:
             return output
         states, mask = output[0], self.mask
         if mask.shape[1] < states.shape[1]:  # virtual tokens prepended by prompt tuning
             mask = torch.cat([mask.new_ones(mask.shape[0], states.shape[1] - mask.shape[1]), mask], dim=1)
-        return mean_into_first(output, mask)
+        return self.mean_into_first(output, mask)
 
 
 def load_pretrained(auto_class, name: str, dtype: str, **kwargs) -> tuple:
